@@ -1,0 +1,50 @@
+"""ModelHandle: a model of the suite as the runner passes it around, loaded on first use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelHandle:
+    """A named model: where its checkpoint lies, its cache key and lineage.
+
+    ``path`` is an ordinary Hugging Face checkpoint directory (config, safetensors weights,
+    tokenizer). The model and tokenizer are loaded on first access of :attr:`model` or
+    :attr:`tokenizer` and kept until :meth:`release`.
+    """
+
+    name: str
+    key: str
+    path: Path
+    parents: tuple[str, ...] = ()
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    _loaded: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            from audit.models.loading import load_checkpoint
+
+            self._loaded = load_checkpoint(
+                self.path,
+                allow_pickle=self.allow_pickle,
+                trust_remote_code=self.trust_remote_code,
+            )
+        return self._loaded
+
+    @property
+    def model(self) -> Any:
+        """The ``transformers`` model, in eval mode."""
+        return self._load()[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer."""
+        return self._load()[1]
+
+    def release(self) -> None:
+        """Drop the in-memory model so its memory can be reclaimed."""
+        self._loaded = None

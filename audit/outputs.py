@@ -1,0 +1,156 @@
+"""Assemble a run's results (the contract in :mod:`audit.results`) and write its outputs."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from audit import __version__, registry
+from audit.compare import all_comparisons
+from audit.gates import evaluate_gates, exit_code
+from audit.plan import Plan, params_json
+from audit.results import SCHEMA_VERSION, MetricRowT, ModelRowT, SampleRowT
+from audit.runner import RunOutcome
+from audit.store import atomic_write_text
+
+PACKAGES = ("torch", "transformers", "peft", "lm-eval", "pandas", "numpy", "scipy")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(seed: int, device: str, started: datetime) -> dict[str, Any]:
+    """Versions and settings that produced a run."""
+    return {
+        "audit": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        **{dist.replace("-", "_"): _version(dist) for dist in PACKAGES},
+        "seed": seed,
+        "device": device,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _models(plan: Plan, outcome: RunOutcome) -> list[ModelRowT]:
+    return [
+        ModelRowT(
+            name=s.name,
+            key=s.key,
+            parents=list(s.inputs),
+            source=s.spec.source,
+            intervention=s.spec.intervention,
+            params=params_json(s.params),
+            status=outcome.model_status.get(s.name, "skipped"),
+        )
+        for s in plan.models
+    ]
+
+
+def _evaluators(plan: Plan) -> list[dict[str, Any]]:
+    out = []
+    for name, spec in plan.suite.file.evaluators.items():
+        cls = registry.evaluators.get(spec.kind)
+        out.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "version": cls.version,
+                "params": params_json(plan.suite.evaluator_params.get(name)),
+                "metrics": [asdict(m) for m in cls.metrics],
+            }
+        )
+    return out
+
+
+def _metrics(plan: Plan, outcome: RunOutcome) -> list[MetricRowT]:
+    rows: list[MetricRowT] = []
+    for (model, ename), result in outcome.results.items():
+        specs = {
+            m.name: m
+            for m in registry.evaluators.get(plan.suite.file.evaluators[ename].kind).metrics
+        }
+        for m in result.metrics:
+            spec = specs.get(m.metric)
+            rows.append(
+                MetricRowT(
+                    model=model,
+                    evaluator=ename,
+                    metric=m.metric,
+                    slice=m.slice,
+                    value=m.value,
+                    ci_low=m.ci_low,
+                    ci_high=m.ci_high,
+                    n=m.n,
+                    higher_is_better=spec.higher_is_better if spec else True,
+                )
+            )
+    return rows
+
+
+def _samples(outcome: RunOutcome) -> list[SampleRowT]:
+    return [
+        SampleRowT(model=model, evaluator=ename, **asdict(s))  # type: ignore[typeddict-item]
+        for (model, ename), result in outcome.results.items()
+        for s in result.samples
+    ]
+
+
+def assemble(
+    plan: Plan, outcome: RunOutcome, started: datetime, device: str
+) -> tuple[dict[str, Any], list[SampleRowT]]:
+    """The results.json payload and the samples of a finished run."""
+    suite = plan.suite
+    metrics = _metrics(plan, outcome)
+    comparisons = all_comparisons(plan, outcome.results)
+    gates = evaluate_gates(plan, metrics, comparisons, outcome.model_status)
+    failures = [asdict(f) for f in outcome.failures]
+    code = exit_code(gates, failures)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "verdict": {0: "pass", 1: "fail", 3: "error"}[code],
+        "exit_code": code,
+        "suite": {
+            "name": suite.name,
+            "path": str(suite.path),
+            "hash": suite.hash,
+            "text": suite.text,
+            "reference": suite.reference,
+            "parsed": suite.file.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "title": suite.file.report.title or suite.name,
+        },
+        "environment": environment(suite.seed, device, started),
+        "models": _models(plan, outcome),
+        "evaluators": _evaluators(plan),
+        "metrics": metrics,
+        "comparisons": comparisons,
+        "gates": gates,
+        "failures": failures,
+        "steps": [asdict(s) for s in outcome.steps],
+    }
+    return results, _samples(outcome)
+
+
+def write_outputs(out_dir: Path, results: dict[str, Any], samples: list[SampleRowT]) -> Path:
+    """Write samples.jsonl, index.html and, last, results.json (each atomically)."""
+    from audit.report.render import render_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out_dir / "samples.jsonl",
+        "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples),
+    )
+    render_report(results, list(samples), out_dir / "index.html")  # type: ignore[arg-type]
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
+    return out_dir / "index.html"

@@ -1,0 +1,143 @@
+"""Suite → plan: model steps and evaluation steps, each with a content key.
+
+A step's key hashes its own configuration, its plug-in's code version and its inputs' keys; a
+loaded checkpoint's key is the hash of its files (or, for the organism, of its build config and
+code version). Two steps with the same key produce the same artifact, so the store can reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit import registry
+from audit.plugins import Params
+from audit.suite import ModelSpec, Suite
+
+KEY_VERSION = "1"
+
+
+def step_key(kind: str, **parts: Any) -> str:
+    """A stable hash of a step's kind and its JSON-serialisable parts."""
+    blob = json.dumps({"kind": kind, "v": KEY_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:40]
+
+
+def params_json(params: Params | None) -> dict[str, Any]:
+    """A plug-in's parameters as plain JSON values (defaults included)."""
+    return {} if params is None else params.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class ModelStep:
+    """Load a checkpoint (``spec.source``) or apply an intervention to ``inputs``."""
+
+    name: str
+    key: str
+    inputs: tuple[str, ...]
+    spec: ModelSpec
+    params: Params | None
+    resolved: Path | None = None  # the checkpoint directory of an hf:/path: source
+
+    @property
+    def id(self) -> str:
+        return f"model:{self.name}"
+
+    @property
+    def kind(self) -> str:
+        if self.spec.source is None:
+            return "intervene"
+        return "organism" if self.spec.source.startswith("organism:") else "load"
+
+
+@dataclass(frozen=True)
+class EvalStep:
+    """Run evaluator ``evaluator`` (plug-in ``kind``) on model ``model``."""
+
+    model: str
+    evaluator: str
+    kind: str
+    key: str
+    params: Params
+
+    @property
+    def id(self) -> str:
+        return f"eval:{self.evaluator}@{self.model}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every step of a suite in an executable order."""
+
+    suite: Suite
+    models: tuple[ModelStep, ...]
+    evals: tuple[EvalStep, ...]
+
+    def model(self, name: str) -> ModelStep:
+        return next(s for s in self.models if s.name == name)
+
+    def evals_of(self, model: str) -> list[EvalStep]:
+        return [e for e in self.evals if e.model == model]
+
+
+def _load_key(spec: ModelSpec, suite: Suite, hash_cache: Path) -> tuple[str, Path | None]:
+    source = spec.source or ""
+    flags = {"allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
+    if source.startswith("organism:"):
+        from audit.organism.build import OrganismConfig, config_key
+
+        name = source[len("organism:") :]
+        return step_key("organism", name=name, config=config_key(OrganismConfig())), None
+    from audit.models.loading import hash_directory, resolve_source
+
+    directory = resolve_source(source, suite_dir=suite.dir)
+    content = hash_directory(directory, cache_file=hash_cache)
+    return step_key("load", content=content, **flags), directory
+
+
+def build_plan(suite: Suite, hash_cache: Path) -> Plan:
+    """Resolve every model's key (hashing loaded checkpoints) and list the steps."""
+    keys: dict[str, str] = {}
+    models: list[ModelStep] = []
+    for name in suite.topological_models():
+        spec = suite.file.models[name]
+        params = suite.model_params.get(name)
+        inputs = tuple(suite.dependencies(name))
+        resolved = None
+        if spec.source is not None:
+            key, resolved = _load_key(spec, suite, hash_cache)
+        else:
+            assert spec.intervention is not None
+            cls = registry.interventions.get(spec.intervention)
+            key = step_key(
+                "intervene",
+                plugin=spec.intervention,
+                version=cls.version,
+                params=params_json(params),
+                inputs={n: keys[n] for n in inputs},
+                order=list(inputs),
+                seed=suite.seed,
+            )
+        keys[name] = key
+        models.append(ModelStep(name, key, inputs, spec, params, resolved))
+    evals: list[EvalStep] = []
+    for step in models:
+        for ename, espec in suite.file.evaluators.items():
+            if step.name not in suite.evaluated_models(ename):
+                continue
+            cls = registry.evaluators.get(espec.kind)
+            params = suite.evaluator_params[ename]
+            key = step_key(
+                "eval",
+                plugin=espec.kind,
+                version=cls.version,
+                params=params_json(params),
+                model=step.key,
+                reference=keys[suite.reference],
+                seed=suite.seed,
+            )
+            evals.append(EvalStep(step.name, ename, espec.kind, key, params))
+    return Plan(suite, tuple(models), tuple(evals))

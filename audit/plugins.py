@@ -1,0 +1,185 @@
+"""The plug-in protocols and the data they exchange with the runner.
+
+Three kinds of plug-in carry the harness: an *intervention* turns parent models into a new
+model, an *evaluator* turns a model into metric rows and per-item samples, a *judge* turns a
+model's text into a judgment. Each plug-in is a class with declarative metadata:
+
+- ``name``: the name suites use (``intervention = "lora"``, ``kind = "refusal"``);
+- ``version``: the code version, part of every cache key the plug-in produces; bump it when a
+  change alters results;
+- ``Params``: a pydantic model of its parameters, validated like the rest of the suite;
+- evaluators only: ``metrics``, the :class:`MetricSpec` of every metric they produce, so the
+  report and the gates need no per-plug-in code.
+
+Plug-in modules import torch and transformers inside methods, never at module level, so that
+``audit validate`` and ``audit list`` stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from audit.models.handle import ModelHandle
+
+
+class ModelRefMarker:
+    """Marks a parameter whose value names a model of the suite (adds a dependency edge)."""
+
+
+ModelRef = Annotated[str, ModelRefMarker()]
+"""A parameter naming another model of the suite, e.g. ``base = "aligned"`` in a merge."""
+
+
+@dataclass(frozen=True)
+class DataRefMarker:
+    """Marks a parameter naming a data set; ``shape`` is the record model its lines must match.
+
+    ``audit validate`` reads every user file (``path:``) such a parameter names, so a malformed
+    line is reported before anything runs.
+    """
+
+    shape: str  # "pair" | "probe"
+
+
+PairData = Annotated[str, DataRefMarker("pair")]
+"""A data set of prompt/response pairs (``path:FILE.jsonl``, ``organism:NAME``, shipped name)."""
+
+ProbeData = Annotated[str, DataRefMarker("probe")]
+"""A data set of labelled refusal probes."""
+
+
+class Params(BaseModel):
+    """Base of every plug-in's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What an evaluator declares about one metric it produces.
+
+    ``kind`` chooses the statistics: ``rate`` metrics are means of per-item 0/1 values (Wilson
+    intervals, exact McNemar test when paired); ``mean`` metrics are means of per-item reals
+    (bootstrap intervals, paired bootstrap when paired).
+    """
+
+    name: str
+    higher_is_better: bool
+    description: str
+    kind: Literal["rate", "mean"] = "rate"
+    headline: bool = True
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One value of one metric on one slice of the data, with its interval and sample size."""
+
+    metric: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    slice: str = "all"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One judged item: what went in, what came out, and its contribution to a metric.
+
+    ``value`` is the item's value for ``metric`` (0/1 for a rate metric), which is what paired
+    before/after comparisons use; items are paired across models on ``(metric, item_id)``.
+    """
+
+    metric: str
+    item_id: str
+    input: str
+    output: str
+    value: float
+    slice: str = "all"
+    judgment: str | None = None
+
+
+@dataclass
+class EvalResult:
+    """What an evaluator returns: metric rows (every slice) and the samples behind them."""
+
+    metrics: list[MetricRow] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    """What a running step may use besides its inputs.
+
+    ``work_dir`` is an empty directory owned by the step; whatever an intervention writes there
+    (an adapter directory, training logs) is kept in the store with the step's result.
+    ``suite_dir`` is where relative paths in the suite resolve. ``progress`` reports progress on
+    long work: ``progress(description, completed, total)``.
+    """
+
+    seed: int
+    suite_dir: Path
+    work_dir: Path
+    device: str = "cpu"
+    progress: Callable[[str, int, int], None] = lambda description, completed, total: None
+    models: Mapping[str, ModelHandle] = field(default_factory=dict)
+    reference: ModelHandle | None = None
+
+
+@dataclass
+class TrainedModel:
+    """An intervention's output: an in-memory model and its tokenizer, saved by the runner."""
+
+    model: Any
+    tokenizer: Any
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """Model(s) in, model out. ``inputs`` maps each referenced model's suite name to its handle."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Params: ClassVar[type[Params]]
+
+    def __init__(self, params: Any) -> None: ...
+
+    def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel: ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Model in, metric rows and samples out."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Params: ClassVar[type[Params]]
+    metrics: ClassVar[Sequence[MetricSpec]]
+
+    def __init__(self, params: Any) -> None: ...
+
+    def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult: ...
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Texts in, one judgment per text out (``"refusal"`` or ``"compliance"`` for refusal judges).
+
+    ``model`` is the model that wrote the outputs, for judges that score with it.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Params: ClassVar[type[Params]]
+
+    def __init__(self, params: Any) -> None: ...
+
+    def judge(
+        self, prompts: Sequence[str], outputs: Sequence[str], model: ModelHandle | None = None
+    ) -> list[str]: ...

@@ -1,0 +1,240 @@
+"""Execute a plan: cache hits skip, failures are isolated, models are freed when done.
+
+Models are built in dependency order; each model's evaluations run right after it is built, and
+a model is released once nothing left needs it. A failed step marks the steps that depend on it
+as skipped; independent steps still run. Steps go through an :class:`Executor`, local for now.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from audit import registry
+from audit.models.handle import ModelHandle
+from audit.plan import EvalStep, ModelStep, Plan
+from audit.plugins import EvalResult, MetricRow, RunContext, Sample
+from audit.progress import Progress
+from audit.store import Store
+
+T = TypeVar("T")
+
+
+class Executor(Protocol):
+    """Runs a step's work; a cluster executor can implement the same interface."""
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]: ...
+
+
+class LocalExecutor:
+    """Runs each step in this process, one at a time."""
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as e:  # delivered through the future, like a pool would
+            future.set_exception(e)
+        return future
+
+
+@dataclass
+class StepRecord:
+    """How one step went."""
+
+    step: str
+    kind: str
+    key: str
+    status: str = "pending"  # ok | failed | skipped
+    cached: bool = False
+    duration_s: float = 0.0
+
+
+@dataclass
+class Failure:
+    """A step that raised."""
+
+    step: str
+    error: str
+    traceback: str
+
+
+@dataclass
+class RunOutcome:
+    """Everything a run produced, for the results writer."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    results: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
+    model_status: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def executed(self) -> list[str]:
+        """Steps that did work (not cache hits, not skipped)."""
+        return [s.step for s in self.steps if s.status != "skipped" and not s.cached]
+
+
+def _write_result(directory: Path, result: EvalResult) -> None:
+    payload = {
+        "metrics": [asdict(m) for m in result.metrics],
+        "samples": [asdict(s) for s in result.samples],
+    }
+    (directory / "result.json").write_text(json.dumps(payload))
+
+
+def _read_result(directory: Path) -> EvalResult:
+    payload = json.loads((directory / "result.json").read_text())
+    return EvalResult(
+        metrics=[MetricRow(**m) for m in payload["metrics"]],
+        samples=[Sample(**s) for s in payload["samples"]],
+    )
+
+
+class Runner:
+    """Runs a :class:`Plan` against a :class:`Store`."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        store: Store,
+        progress: Progress,
+        executor: Executor | None = None,
+        device: str = "cpu",
+    ):
+        self.plan = plan
+        self.store = store
+        self.progress = progress
+        self.executor = executor or LocalExecutor()
+        self.device = device
+        self.handles: dict[str, ModelHandle] = {}
+        self.outcome = RunOutcome()
+        store.on_corrupt = self._on_corrupt  # type: ignore[method-assign]
+
+    def _on_corrupt(self, key: str, why: str) -> None:
+        self.progress.note(f"store entry {key[:12]} failed verification ({why}); rebuilding")
+
+    def _context(self, work_dir: Path) -> RunContext:
+        suite = self.plan.suite
+        return RunContext(
+            seed=suite.seed,
+            suite_dir=suite.dir,
+            work_dir=work_dir,
+            device=self.device,
+            progress=self.progress.sub,
+            models=self.handles,
+            reference=self.handles.get(suite.reference),
+        )
+
+    def _run_step(
+        self, record: StepRecord, key: str, build: Callable[[Path], dict[str, Any]]
+    ) -> Path | None:
+        self.outcome.steps.append(record)
+        self.progress.start(record.step)
+        start = time.perf_counter()
+        future = self.executor.submit(lambda: self.store.get_or_build(key, build))
+        try:
+            entry, record.cached = future.result()
+        except Exception as e:
+            record.status = "failed"
+            self.outcome.failures.append(
+                Failure(record.step, f"{type(e).__name__}: {e}", traceback.format_exc())
+            )
+            entry = None
+        else:
+            record.status = "ok"
+        record.duration_s = round(time.perf_counter() - start, 3)
+        self.progress.finish(record.step, record.status, record.cached)
+        return entry
+
+    def _build_model(self, step: ModelStep) -> Callable[[Path], dict[str, Any]]:
+        def build(tmp: Path) -> dict[str, Any]:
+            if step.kind == "load":
+                return {"path": str(step.resolved)}
+            if step.kind == "organism":
+                from audit.organism.build import build_organism
+
+                name = (step.spec.source or "")[len("organism:") :]
+                quality = build_organism(tmp / "model", progress=self.progress.sub, name=name)
+                return {"quality": quality}
+            assert step.spec.intervention is not None and step.params is not None
+            plugin = registry.interventions.get(step.spec.intervention)(step.params)
+            (tmp / "work").mkdir()
+            inputs = {n: self.handles[n] for n in step.inputs}
+            out = plugin.apply(inputs, self._context(tmp / "work"))
+            out.model.save_pretrained(tmp / "model", safe_serialization=True)
+            out.tokenizer.save_pretrained(tmp / "model")
+            return {"intervention": step.spec.intervention}
+
+        return build
+
+    def _handle(self, step: ModelStep, entry: Path) -> ModelHandle:
+        path = step.resolved if step.kind == "load" else entry / "model"
+        assert path is not None
+        return ModelHandle(
+            name=step.name,
+            key=step.key,
+            path=path,
+            parents=step.inputs,
+            allow_pickle=step.spec.allow_pickle,
+            trust_remote_code=step.spec.trust_remote_code,
+        )
+
+    def _eval(self, step: EvalStep) -> None:
+        handle = self.handles[step.model]
+
+        def build(tmp: Path) -> dict[str, Any]:
+            evaluator = registry.evaluators.get(step.kind)(step.params)
+            result = evaluator.evaluate(handle, self._context(tmp))
+            _write_result(tmp, result)
+            return {"evaluator": step.evaluator, "kind": step.kind}
+
+        record = StepRecord(step.id, "eval", step.key)
+        entry = self._run_step(record, step.key, build)
+        if entry is not None:
+            self.outcome.results[(step.model, step.evaluator)] = _read_result(entry)
+
+    def _release_unneeded(self, done: set[str]) -> None:
+        needed = {self.plan.suite.reference}
+        for step in self.plan.models:
+            if step.name not in done:
+                needed.update(step.inputs)
+        for name, handle in self.handles.items():
+            if name not in needed:
+                handle.release()
+
+    def run(self) -> RunOutcome:
+        """Execute every step; never raises for a step's failure."""
+        self.progress.begin(len(self.plan.models) + len(self.plan.evals))
+        done: set[str] = set()
+        for step in self.plan.models:
+            record = StepRecord(step.id, "model", step.key)
+            blocked = [n for n in step.inputs if self.outcome.model_status.get(n) != "ok"]
+            if blocked:
+                record.status = "skipped"
+                self.outcome.steps.append(record)
+                self.outcome.model_status[step.name] = "skipped"
+                for ev in self.plan.evals_of(step.name):
+                    self.outcome.steps.append(StepRecord(ev.id, "eval", ev.key, "skipped"))
+                self.progress.skip(1 + len(self.plan.evals_of(step.name)))
+                done.add(step.name)
+                continue
+            entry = self._run_step(record, step.key, self._build_model(step))
+            self.outcome.model_status[step.name] = record.status
+            if entry is not None:
+                self.handles[step.name] = self._handle(step, entry)
+                for ev in self.plan.evals_of(step.name):
+                    self._eval(ev)
+            else:
+                for ev in self.plan.evals_of(step.name):
+                    self.outcome.steps.append(StepRecord(ev.id, "eval", ev.key, "skipped"))
+                self.progress.skip(len(self.plan.evals_of(step.name)))
+            done.add(step.name)
+            self._release_unneeded(done)
+        self.progress.end()
+        return self.outcome

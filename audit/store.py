@@ -1,0 +1,174 @@
+"""The content-addressed store: one directory per step key, written atomically.
+
+Layout under the store root (default ``.audit-cache/``)::
+
+    entries/<key>/          a finished step: its files plus MANIFEST.json (size + sha256)
+    tmp/<key>.<pid>.<rand>/ a step being written; renamed into entries/ when complete
+    locks/<key>.lock        held while a step is computed, so two runs compute it once
+
+An entry is only ever visible complete: it is built in ``tmp/``, fsynced, then renamed. On
+read the manifest is checked; an entry that fails the check is moved aside and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "MANIFEST.json"
+_FULL_HASH_LIMIT = 64 * 2**20  # files above this are checked by size on read
+
+
+class StoreError(Exception):
+    """A store entry that is missing, corrupted or cannot be written."""
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """Step results and derived models, addressed by step key."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _entry(self, key: str) -> Path:
+        return self.root / "entries" / key
+
+    def _write_manifest(self, directory: Path, meta: dict[str, Any]) -> None:
+        files = {
+            str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in _files(directory)
+        }
+        manifest = {"meta": meta, "files": files}
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        for p in [*_files(directory), directory / MANIFEST]:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+    def verify(self, key: str) -> tuple[bool, str]:
+        """Whether the entry for ``key`` is complete and intact, and why not."""
+        entry = self._entry(key)
+        try:
+            manifest = json.loads((entry / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return False, "manifest missing or unreadable"
+        for rel, want in manifest.get("files", {}).items():
+            p = entry / rel
+            if not p.is_file() or p.stat().st_size != want["size"]:
+                return False, f"{rel}: missing or wrong size"
+            if want["size"] <= _FULL_HASH_LIMIT and file_sha256(p) != want["sha256"]:
+                return False, f"{rel}: checksum mismatch"
+        return True, ""
+
+    def get(self, key: str) -> Path | None:
+        """The entry directory for ``key`` if it exists and verifies, else ``None``.
+
+        A corrupted entry is moved to ``corrupt/`` (kept for inspection) and reported as absent.
+        """
+        entry = self._entry(key)
+        if not entry.exists():
+            return None
+        ok, why = self.verify(key)
+        if ok:
+            return entry
+        corrupt = self.root / "corrupt" / f"{key}.{uuid.uuid4().hex[:8]}"
+        corrupt.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.replace(entry, corrupt)
+        self.on_corrupt(key, why)
+        return None
+
+    def on_corrupt(self, key: str, why: str) -> None:
+        """Called when an entry fails verification; the runner reports it."""
+
+    def meta(self, key: str) -> dict[str, Any]:
+        """The metadata stored with an entry."""
+        meta: dict[str, Any] = json.loads((self._entry(key) / MANIFEST).read_text())["meta"]
+        return meta
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold the per-step lock (released by the OS if the process dies)."""
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def put(self, key: str, build: Callable[[Path], dict[str, Any]]) -> Path:
+        """Build the entry for ``key`` with ``build(tmp_dir) -> meta`` and publish it atomically.
+
+        Nothing is published if ``build`` raises; the temporary directory is removed.
+        """
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_root / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            meta = build(tmp)
+            self._write_manifest(tmp, meta)
+            entry = self._entry(key)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.replace(tmp, entry)
+            _fsync_dir(entry.parent)
+            return entry
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def get_or_build(
+        self, key: str, build: Callable[[Path], dict[str, Any]]
+    ) -> tuple[Path, bool]:
+        """The entry for ``key``, building it under the step lock if needed; (path, was_cached)."""
+        entry = self.get(key)
+        if entry is not None:
+            return entry, True
+        with self.lock(key):
+            entry = self.get(key)
+            if entry is not None:
+                return entry, True
+            return self.put(key, build), False

@@ -1,0 +1,573 @@
+"""suite.toml: pydantic models of a suite, and validation errors that name file, line and key.
+
+Structure: ``[suite]``, ``[models.NAME]`` (a ``source`` to load, or ``from``/``models`` +
+``intervention`` + its parameters), ``[evaluators.NAME]`` (``kind`` + its parameters, optional
+``models``), ``[[gates]]`` and ``[report]``. :func:`load_suite` parses, validates against the
+plug-ins' declared parameters, checks references and cycles, and raises :class:`SuiteError`
+with every problem found.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from audit import registry
+from audit.plugins import DataRefMarker, ModelRefMarker, Params
+from audit.registry import PluginError, did_you_mean
+from audit.tomlpos import key_lines, line_of
+
+SOURCE_SCHEMES = ("hf:", "path:", "organism:")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+class Strict(BaseModel):
+    """Sections with a fixed set of keys."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SuiteMeta(Strict):
+    """``[suite]``: the run's name, seed, reference model and cache location."""
+
+    name: str = Field(description="Name of the suite; the default output dir is reports/<name>/.")
+    seed: int = Field(0, description="Seed for every random procedure of the run.")
+    reference: str | None = Field(
+        None,
+        description="The model every other model is compared with (default: the first "
+        "model with a `source`).",
+    )
+    cache_dir: str = Field(".audit-cache", description="The store, relative to the suite file.")
+    description: str = ""
+
+
+class ModelSpec(BaseModel):
+    """``[models.NAME]``: a loaded checkpoint, or an intervention on other models."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    source: str | None = Field(
+        None, description='"hf:ID[@REVISION]", "path:DIR" or "organism:NAME".'
+    )
+    from_: str | list[str] | None = Field(None, alias="from", description="Parent model(s).")
+    models: list[str] | None = Field(None, description="Input models (e.g. of a merge).")
+    intervention: str | None = Field(None, description="The intervention plug-in to apply.")
+    allow_pickle: bool = Field(False, description="Allow pickle weights (weights_only loading).")
+    trust_remote_code: bool = Field(False, description="Allow the checkpoint's custom code.")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The intervention's parameters: every key that is not a field of this table."""
+        return dict(self.model_extra or {})
+
+    @property
+    def parents(self) -> list[str]:
+        """The models named by ``from`` and ``models``, in order, without repeats."""
+        names = [self.from_] if isinstance(self.from_, str) else list(self.from_ or [])
+        return list(dict.fromkeys([*names, *(self.models or [])]))
+
+
+class EvaluatorSpec(BaseModel):
+    """``[evaluators.NAME]``: an evaluator plug-in (``kind``) and its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = Field(description="The evaluator plug-in.")
+    models: list[str] | None = Field(
+        None, description="Model names or glob patterns to evaluate (default: all)."
+    )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The evaluator's parameters."""
+        return dict(self.model_extra or {})
+
+
+class GateSpec(Strict):
+    """``[[gates]]``: a release rule on one metric. Exactly one of min/max/max_drop/max_rise."""
+
+    name: str | None = None
+    metric: str = Field(description='"EVALUATOR.METRIC", e.g. "drift.refusal_rate_unsafe".')
+    slice: str = "all"
+    models: list[str] = Field(default_factory=lambda: ["*"], description="Names or globs.")
+    vs: str = Field(
+        "reference", description='Baseline for max_drop/max_rise: "reference", "parent" or a name.'
+    )
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = None
+    max_rise: float | None = None
+    significant: bool = Field(False, description="Fire only when the paired test rejects.")
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> GateSpec:
+        set_rules = [
+            r for r in ("min", "max", "max_drop", "max_rise") if getattr(self, r) is not None
+        ]
+        if len(set_rules) != 1:
+            raise ValueError(
+                "a gate needs exactly one of min, max, max_drop, max_rise"
+                + (f" (got {', '.join(set_rules)})" if set_rules else "")
+            )
+        return self
+
+    @property
+    def rule(self) -> tuple[str, float]:
+        """The rule's name and threshold."""
+        for r in ("min", "max", "max_drop", "max_rise"):
+            value = getattr(self, r)
+            if value is not None:
+                return r, float(value)
+        raise AssertionError("validated gate without a rule")
+
+    @property
+    def relative(self) -> bool:
+        """Whether the rule compares against a baseline model."""
+        return self.rule[0] in ("max_drop", "max_rise")
+
+
+class ReportSpec(Strict):
+    """``[report]``: where and how the report is written."""
+
+    title: str | None = None
+    output_dir: str | None = Field(None, description="Default: reports/<suite name>/.")
+    max_flipped: int = Field(50, ge=0, description="Flipped samples shown per evaluator.")
+
+
+class SuiteFile(Strict):
+    """The whole suite file."""
+
+    suite: SuiteMeta
+    models: dict[str, ModelSpec]
+    evaluators: dict[str, EvaluatorSpec] = Field(default_factory=dict)
+    gates: list[GateSpec] = Field(default_factory=list)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+
+@dataclass(frozen=True)
+class SuiteIssue:
+    """One problem with a suite file."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SuiteError(Exception):
+    """A suite that cannot run; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[SuiteIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+@dataclass
+class Suite:
+    """A validated suite: the parsed file plus each plug-in's validated parameters."""
+
+    file: SuiteFile
+    path: Path
+    text: str
+    model_params: dict[str, Params] = field(default_factory=dict)
+    evaluator_params: dict[str, Params] = field(default_factory=dict)
+    reference: str = ""
+
+    @property
+    def dir(self) -> Path:
+        """Where relative paths in the suite resolve."""
+        return self.path.parent
+
+    @property
+    def name(self) -> str:
+        return self.file.suite.name
+
+    @property
+    def seed(self) -> int:
+        return self.file.suite.seed
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the suite file's text."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def cache_dir(self) -> Path:
+        return (self.dir / self.file.suite.cache_dir).resolve()
+
+    def dependencies(self, name: str) -> list[str]:
+        """Every model ``name`` is built from: ``from``, ``models`` and model-valued params."""
+        spec = self.file.models[name]
+        params = self.model_params.get(name)
+        refs = model_refs(params) if params is not None else []
+        return list(dict.fromkeys([*spec.parents, *refs]))
+
+    def evaluated_models(self, evaluator: str) -> list[str]:
+        """The models an evaluator runs on, in suite order."""
+        patterns = self.file.evaluators[evaluator].models
+        names = list(self.file.models)
+        if patterns is None:
+            return names
+        return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+    def topological_models(self) -> list[str]:
+        """Model names with every model after the models it depends on."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(n: str) -> None:
+            if n in seen:
+                return
+            seen.add(n)
+            for d in self.dependencies(n):
+                visit(d)
+            order.append(n)
+
+        for n in self.file.models:
+            visit(n)
+        return order
+
+
+def _annotated_markers(annotation: Any, marker: type) -> list[Any]:
+    found = [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, marker)]
+    for arg in get_args(annotation):
+        found.extend(_annotated_markers(arg, marker))
+    return found
+
+
+def _field_values(params: Params, marker: type) -> list[tuple[str, Any, Any]]:
+    """(field name, value, marker) for every field of ``params`` annotated with ``marker``."""
+    out = []
+    for fname, finfo in type(params).model_fields.items():
+        markers = [m for m in finfo.metadata if isinstance(m, marker)]
+        markers += _annotated_markers(finfo.annotation, marker)
+        if markers:
+            out.append((fname, getattr(params, fname), markers[0]))
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def model_refs(params: Params) -> list[str]:
+    """The suite models a plug-in's parameters name (fields typed ``ModelRef``)."""
+    return [v for _, value, _ in _field_values(params, ModelRefMarker) for v in _as_list(value)]
+
+
+def data_refs(params: Params) -> list[tuple[str, str, str]]:
+    """(field, data spec, record shape) for every data-set parameter."""
+    return [
+        (fname, v, marker.shape)
+        for fname, value, marker in _field_values(params, DataRefMarker)
+        for v in _as_list(value)
+    ]
+
+
+class _Checker:
+    """Collects issues with their lines while validating one suite file."""
+
+    def __init__(self, path: Path, text: str):
+        self.file = str(path)
+        self.lines = key_lines(text)
+        self.issues: list[SuiteIssue] = []
+
+    def add(self, loc: tuple[str | int, ...], message: str) -> None:
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(
+            ".[", "["
+        )
+        self.issues.append(SuiteIssue(self.file, line_of(self.lines, loc), dotted, message))
+
+    def pydantic(
+        self,
+        err: ValidationError,
+        prefix: tuple[str | int, ...],
+        allowed: Callable[[tuple[str | int, ...]], list[str]],
+    ) -> None:
+        for e in err.errors():
+            loc = tuple(
+                p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+            )
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden" and loc:
+                msg = f"unknown key {loc[-1]!r}{did_you_mean(str(loc[-1]), allowed(loc))}"
+            elif e["type"] == "missing":
+                msg = "required key is missing"
+            elif "input" in e and e["type"] not in ("value_error",):
+                msg = f"{msg} (got {e['input']!r})"
+            self.add(prefix + loc, msg)
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _section_allowed(loc: tuple[str | int, ...]) -> list[str]:
+    sections: dict[str, type[BaseModel]] = {
+        "suite": SuiteMeta,
+        "gates": GateSpec,
+        "report": ReportSpec,
+    }
+    if not loc:
+        return []
+    if len(loc) <= 2 and loc[0] in ("suite", "report"):
+        return _allowed_keys(sections[str(loc[0])])
+    if loc[0] == "gates":
+        return _allowed_keys(GateSpec)
+    return _allowed_keys(SuiteFile) if len(loc) == 1 else []
+
+
+def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """Read and parse a TOML file, turning syntax errors into a :class:`SuiteError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuiteError([SuiteIssue(str(path), None, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SuiteError([SuiteIssue(str(path), None, "", f"cannot read file ({e})")]) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        line = int(m.group(1)) if m else None
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise SuiteError([SuiteIssue(str(path), line, "", f"invalid TOML: {msg}")]) from None
+
+
+def _validate_params(
+    check: _Checker, loc: tuple[str | int, ...], plugin_cls: Any, raw: dict[str, Any]
+) -> Params | None:
+    try:
+        params: Params = plugin_cls.Params.model_validate(raw)
+        return params
+    except ValidationError as e:
+        check.pydantic(e, loc, lambda _: list(plugin_cls.Params.model_fields))
+        return None
+
+
+def _check_sources(check: _Checker, name: str, spec: ModelSpec) -> None:
+    loc: tuple[str | int, ...] = ("models", name)
+    if spec.source is not None and spec.intervention is not None:
+        check.add(loc, "give either `source` (load a checkpoint) or `intervention`, not both")
+    elif spec.source is None and spec.intervention is None:
+        check.add(loc, "give `source` (load a checkpoint) or `intervention` (build from models)")
+    if spec.source is not None:
+        if not spec.source.startswith(SOURCE_SCHEMES):
+            check.add(
+                (*loc, "source"),
+                f"unknown source {spec.source!r}: expected one of "
+                + ", ".join(f'"{s}…"' for s in SOURCE_SCHEMES),
+            )
+        if spec.parents:
+            check.add(
+                (*loc, "from"), "a loaded model (`source`) has no parents; drop `from`/`models`"
+            )
+        if spec.params:
+            key = next(iter(spec.params))
+            allowed = _allowed_keys(ModelSpec)
+            check.add((*loc, key), f"unknown key {key!r}{did_you_mean(key, allowed)}")
+
+
+def _check_ref(check: _Checker, loc: tuple[str | int, ...], ref: str, names: list[str]) -> None:
+    if ref not in names:
+        check.add(loc, f"undefined model {ref!r}{did_you_mean(ref, names)}")
+
+
+def _check_data(
+    check: _Checker, loc: tuple[str | int, ...], spec: str, shape: str, base: Path
+) -> None:
+    from audit.data.records import DataError, PairRecord, ProbeRecord, read_jsonl, resolve_path
+
+    if spec.startswith("organism:"):
+        from audit.organism.datasets import organism_dataset_names
+
+        name = spec[len("organism:") :]
+        names = organism_dataset_names()
+        if name not in names:
+            check.add(
+                loc,
+                f"unknown organism data set {name!r}{did_you_mean(name, names)}; "
+                f"available: {', '.join(names)}",
+            )
+        return
+    try:
+        path = resolve_path(spec, suite_dir=base)
+        if path is not None:
+            read_jsonl(path, ProbeRecord if shape == "probe" else PairRecord)
+    except DataError as e:
+        check.add(loc, str(e))
+
+
+def _find_cycle(suite: Suite) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in suite.dependencies(n):
+            if d not in suite.file.models:
+                continue
+            if state.get(d) == 1:
+                return stack[stack.index(d) :] + [d]
+            if d not in state and (cycle := visit(d)):
+                return cycle
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in suite.file.models:
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def _check_models(check: _Checker, suite: Suite) -> None:
+    names = list(suite.file.models)
+    for name, spec in suite.file.models.items():
+        loc: tuple[str | int, ...] = ("models", name)
+        if not _NAME.match(name):
+            check.add(loc, "model names use letters, digits, '_', '-' and '.'")
+        _check_sources(check, name, spec)
+        for key, refs in (("from", _as_list(spec.from_)), ("models", spec.models or [])):
+            for ref in refs:
+                _check_ref(check, (*loc, key), ref, names)
+        if spec.intervention is None or spec.source is not None:
+            continue
+        if spec.intervention not in registry.interventions:
+            check.add(
+                (*loc, "intervention"), registry.interventions.unknown_message(spec.intervention)
+            )
+            continue
+        try:
+            cls = registry.interventions.get(spec.intervention)
+        except PluginError as e:
+            check.add((*loc, "intervention"), str(e))
+            continue
+        params = _validate_params(check, loc, cls, spec.params)
+        if params is None:
+            continue
+        suite.model_params[name] = params
+        for fname, value, _ in _field_values(params, ModelRefMarker):
+            for ref in _as_list(value):
+                _check_ref(check, (*loc, fname), ref, names)
+        for fname, spec_str, shape in data_refs(params):
+            _check_data(check, (*loc, fname), spec_str, shape, suite.dir)
+    if not check.issues and (cycle := _find_cycle(suite)):
+        check.add(("models", cycle[0]), "dependency cycle: " + " → ".join(cycle))
+
+
+def _check_evaluators(check: _Checker, suite: Suite) -> None:
+    names = list(suite.file.models)
+    for ename, espec in suite.file.evaluators.items():
+        loc: tuple[str | int, ...] = ("evaluators", ename)
+        for pattern in espec.models or []:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                check.add(
+                    (*loc, "models"), f"no model matches {pattern!r}{did_you_mean(pattern, names)}"
+                )
+        if espec.kind not in registry.evaluators:
+            check.add((*loc, "kind"), registry.evaluators.unknown_message(espec.kind))
+            continue
+        try:
+            cls = registry.evaluators.get(espec.kind)
+        except PluginError as e:
+            check.add((*loc, "kind"), str(e))
+            continue
+        params = _validate_params(check, loc, cls, espec.params)
+        if params is not None:
+            suite.evaluator_params[ename] = params
+            for fname, spec_str, shape in data_refs(params):
+                _check_data(check, (*loc, fname), spec_str, shape, suite.dir)
+
+
+def _check_gates(check: _Checker, suite: Suite) -> None:
+    names = list(suite.file.models)
+    evaluators = suite.file.evaluators
+    for i, gate in enumerate(suite.file.gates):
+        loc: tuple[str | int, ...] = ("gates", i)
+        ename, _, metric = gate.metric.partition(".")
+        if not metric:
+            check.add((*loc, "metric"), 'write the metric as "EVALUATOR.METRIC"')
+        elif ename not in evaluators:
+            check.add(
+                (*loc, "metric"),
+                f"undefined evaluator {ename!r}{did_you_mean(ename, list(evaluators))}",
+            )
+        elif ename in suite.evaluator_params:
+            cls = registry.evaluators.get(evaluators[ename].kind)
+            declared = [m.name for m in cls.metrics]
+            if metric not in declared:
+                check.add(
+                    (*loc, "metric"),
+                    f"evaluator {ename!r} ({evaluators[ename].kind}) has no metric {metric!r}"
+                    f"{did_you_mean(metric, declared)}; it produces: {', '.join(declared)}",
+                )
+        for pattern in gate.models:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                check.add(
+                    (*loc, "models"), f"no model matches {pattern!r}{did_you_mean(pattern, names)}"
+                )
+        if gate.relative and gate.vs not in ("reference", "parent"):
+            _check_ref(check, (*loc, "vs"), gate.vs, names)
+
+
+def validate(path: Path, text: str, data: dict[str, Any]) -> Suite:
+    """Validate parsed suite data; raises :class:`SuiteError` listing every problem."""
+    check = _Checker(path, text)
+    try:
+        parsed = SuiteFile.model_validate(data)
+    except ValidationError as e:
+        check.pydantic(e, (), _section_allowed)
+        raise SuiteError(check.issues) from None
+    suite = Suite(file=parsed, path=path.resolve(), text=text)
+    if not parsed.models:
+        check.add(("models",), "a suite needs at least one model")
+    _check_models(check, suite)
+    _check_evaluators(check, suite)
+    _check_gates(check, suite)
+    names = list(parsed.models)
+    ref = parsed.suite.reference
+    if ref is not None:
+        _check_ref(check, ("suite", "reference"), ref, names)
+    if check.issues:
+        raise SuiteError(check.issues)
+    roots = [n for n, s in parsed.models.items() if s.source is not None]
+    suite.reference = ref or (roots[0] if roots else names[0])
+    return suite
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Parse and validate a suite file."""
+    p = Path(path)
+    text, data = parse_toml(p)
+    return validate(p, text, data)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of suite files, with each plug-in's parameters under ``$defs``."""
+    schema = SuiteFile.model_json_schema(by_alias=True)
+    defs = schema.setdefault("$defs", {})
+    for kind, reg in (("intervention", registry.interventions), ("evaluator", registry.evaluators)):
+        for name in reg.names():
+            try:
+                params = reg.get(name).Params
+            except PluginError:
+                continue
+            defs[f"{kind}:{name}"] = params.model_json_schema()
+    return schema
