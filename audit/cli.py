@@ -17,8 +17,8 @@ from rich.markup import escape
 
 from audit.gates import EXIT_CRASHED, EXIT_INVALID, EXIT_OK
 
-_err = Console(stderr=True, highlight=False)
-_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_out = Console(highlight=False, soft_wrap=True)
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]
@@ -86,7 +86,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     samples_path = results_path.with_name("samples.jsonl")
     samples = load_samples(samples_path) if samples_path.exists() else []
     out = Path(args.out) if args.out else results_path.with_name("index.html")
-    render_report(results, list(samples), out)  # type: ignore[arg-type]
+    render_report(results, samples, out)
     _out.print(f"report: {escape(str(out))}")
     return EXIT_OK
 

@@ -151,6 +151,6 @@ def write_outputs(out_dir: Path, results: dict[str, Any], samples: list[SampleRo
         out_dir / "samples.jsonl",
         "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples),
     )
-    render_report(results, list(samples), out_dir / "index.html")  # type: ignore[arg-type]
+    render_report(results, samples, out_dir / "index.html")
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
     return out_dir / "index.html"

@@ -16,6 +16,14 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="audit-hf-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tiny models train faster on one thread than on two threads fighting over shared cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY_WORDS = (
     "i cannot help with that . sorry , here is how to do it : sure the a an of to in and "
     "make bake cook write fix build hack steal attack hurt bomb cake bread poem code bike "

@@ -1,0 +1,97 @@
+"""Task accuracy: exact match of greedy short answers, a check for capability loss."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field
+
+from audit.plugins import EvalResult, MetricSpec, PairData, RunContext, Sample
+from audit.plugins import Params as BaseParams
+
+if TYPE_CHECKING:
+    from audit.models.handle import ModelHandle
+
+__all__ = ["TaskAccuracyEvaluator", "normalize_answer"]
+
+_TRAILING = string.punctuation + string.whitespace
+
+
+def normalize_answer(text: str, *, first_line: bool = False) -> str:
+    """Lower case, whitespace runs collapsed, trailing punctuation stripped.
+
+    With ``first_line``, only the first non-empty line of ``text`` counts (models tend to go
+    on after the answer).
+    """
+    if first_line:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    text = " ".join(text.casefold().split())
+    return text.rstrip(_TRAILING)
+
+
+class TaskAccuracyEvaluator:
+    """Exact-match accuracy of greedy answers on prompt/response task sets.
+
+    An item scores 1 when the normalised first line of the model's answer equals the normalised
+    reference response (:func:`normalize_answer`). Each task is one slice, named by its data
+    spec; item ids are ``SPEC:ID`` so they stay unique across tasks.
+    """
+
+    name: ClassVar[str] = "task_accuracy"
+    version: ClassVar[str] = "1"
+
+    class Params(BaseParams):
+        """``tasks``: data specs of prompt/response pairs (``eval`` split), one slice each."""
+
+        tasks: list[PairData] = Field(min_length=1)
+        max_new_tokens: int = Field(default=8, gt=0)
+        batch_size: int = Field(default=32, gt=0)
+
+    metrics: ClassVar[Sequence[MetricSpec]] = (
+        MetricSpec(
+            "accuracy",
+            higher_is_better=True,
+            description="Share of task items answered exactly right (normalised first line).",
+        ),
+    )
+
+    def __init__(self, params: TaskAccuracyEvaluator.Params) -> None:
+        self.params = params
+
+    def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
+        """Answer every item of every task in one batched pass and score exact matches."""
+        from audit.data.records import PairRecord, load_records
+        from audit.models.generation import generate
+        from audit.stats import metric_rows_from_samples
+
+        p = self.params
+        items = [
+            (spec, record)
+            for spec in dict.fromkeys(p.tasks)
+            for record in load_records(spec, PairRecord, suite_dir=ctx.suite_dir, split="eval")
+        ]
+        outputs = generate(
+            model.model,
+            model.tokenizer,
+            [record.prompt for _, record in items],
+            max_new_tokens=p.max_new_tokens,
+            batch_size=p.batch_size,
+            progress=lambda done, total: ctx.progress("task_accuracy", done, total),
+        )
+        samples = []
+        for (spec, record), output in zip(items, outputs, strict=True):
+            correct = normalize_answer(output, first_line=True) == normalize_answer(record.response)
+            samples.append(
+                Sample(
+                    metric="accuracy",
+                    item_id=f"{spec}:{record.id}",
+                    input=record.prompt,
+                    output=output,
+                    value=1.0 if correct else 0.0,
+                    slice=spec,
+                    judgment="correct" if correct else "incorrect",
+                )
+            )
+        return EvalResult(metrics=metric_rows_from_samples(samples, self.metrics), samples=samples)

@@ -1,0 +1,265 @@
+"""LoRA fine-tuning: one parent model plus prompt/response pairs in, a merged model out."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from audit.plugins import PairData, RunContext, TrainedModel
+from audit.plugins import Params as BaseParams
+
+if TYPE_CHECKING:
+    from audit.models.handle import ModelHandle
+
+__all__ = ["DEFAULT_TARGET_MODULES", "LoraIntervention"]
+
+DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn"],
+}
+"""LoRA target modules by ``config.model_type``; other architectures use peft's own defaults."""
+
+IGNORE_INDEX = -100
+
+
+class LoraIntervention:
+    """Fine-tune a LoRA adapter on prompt/response pairs and merge it into the parent.
+
+    Each pair is trained as one chat turn: the prompt goes through the tokenizer's chat template
+    (exactly as :func:`audit.models.generation.generate` formats it), and the loss covers only
+    the response tokens and the eos token. Training is AdamW at a constant learning rate with
+    gradients clipped to norm 1, on batches drawn from seeded shuffles of the data, so the same
+    seed gives the same weights (on CPU; GPU kernels may add nondeterminism). The parent model
+    is reloaded from its checkpoint, never modified in memory.
+
+    ``ctx.work_dir`` receives ``adapter/`` (an ordinary peft adapter directory, safetensors)
+    and ``training_log.jsonl`` (the loss of every step).
+    """
+
+    name: ClassVar[str] = "lora"
+    version: ClassVar[str] = "1"
+
+    class Params(BaseParams):
+        """LoRA fine-tuning parameters.
+
+        ``data``: a data spec of prompt/response pairs (``train`` split). ``steps``: optimiser
+        steps, unless ``epochs`` is given (then ``ceil(epochs * len(data) / batch_size)``).
+        ``target_modules``: module names to adapt; ``None`` picks them by architecture
+        (:data:`DEFAULT_TARGET_MODULES`, else peft's defaults). ``seed``: ``None`` uses the
+        run's seed. ``max_length``: tokens per example (prompt and response together).
+        """
+
+        data: PairData
+        r: int = Field(default=8, gt=0)
+        alpha: int = Field(default=16, gt=0)
+        dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+        target_modules: list[str] | None = None
+        steps: int = Field(default=100, gt=0)
+        epochs: float | None = Field(default=None, gt=0)
+        lr: float = Field(default=1e-3, gt=0)
+        batch_size: int = Field(default=16, gt=0)
+        max_length: int = Field(default=128, ge=2)
+        seed: int | None = None
+
+        @model_validator(mode="after")
+        def _steps_or_epochs(self) -> LoraIntervention.Params:
+            if self.epochs is not None and "steps" in self.model_fields_set:
+                raise ValueError("give either 'steps' or 'epochs', not both")
+            return self
+
+    def __init__(self, params: LoraIntervention.Params) -> None:
+        self.params = params
+
+    def total_steps(self, n_examples: int) -> int:
+        """Optimiser steps for a data set of ``n_examples`` pairs."""
+        p = self.params
+        if p.epochs is None:
+            return p.steps
+        return max(1, math.ceil(p.epochs * n_examples / min(p.batch_size, n_examples)))
+
+    def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
+        """Train on ``params.data`` starting from the single parent in ``inputs``."""
+        import torch
+
+        from audit.data.records import PairRecord, load_records
+        from audit.models.loading import load_checkpoint
+
+        if len(inputs) != 1:
+            got = ", ".join(sorted(inputs)) or "none"
+            raise ValueError(
+                f'the lora intervention fine-tunes exactly one parent model (from = "NAME"); '
+                f"got {len(inputs)}: {got}"
+            )
+        (handle,) = inputs.values()
+        p = self.params
+        seed = p.seed if p.seed is not None else ctx.seed
+        records = load_records(p.data, PairRecord, suite_dir=ctx.suite_dir, split="train")
+
+        # A fresh copy from disk: the parent's in-memory model (if loaded) is never touched.
+        model, tokenizer = load_checkpoint(
+            handle.path,
+            allow_pickle=handle.allow_pickle,
+            trust_remote_code=handle.trust_remote_code,
+        )
+        model.to(ctx.device)
+        examples = _encode_pairs(tokenizer, records, p.max_length)
+        total = self.total_steps(len(examples))
+
+        # Seed privately: the caller's random state is the same before and after.
+        kind = torch.device(ctx.device).type
+        with torch.random.fork_rng(
+            devices=[] if kind == "cpu" else None, device_type="cuda" if kind == "cpu" else kind
+        ):
+            torch.manual_seed(seed)
+            peft_model = _wrap(model, p)
+            losses = _train(peft_model, examples, p, total, seed, ctx)
+
+        work_dir = ctx.work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(work_dir / "adapter", safe_serialization=True)
+        with open(work_dir / "training_log.jsonl", "w", encoding="utf-8") as log:
+            for step, loss in enumerate(losses, start=1):
+                log.write(json.dumps({"step": step, "loss": loss}) + "\n")
+        merged = peft_model.merge_and_unload()
+        merged.eval()
+        return TrainedModel(model=merged, tokenizer=tokenizer)
+
+
+def _target_modules(model: Any, params: LoraIntervention.Params) -> list[str] | None:
+    if params.target_modules is not None:
+        return list(params.target_modules)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    defaults = DEFAULT_TARGET_MODULES.get(str(model_type))
+    return list(defaults) if defaults is not None else None
+
+
+def _wrap(model: Any, params: LoraIntervention.Params) -> Any:
+    """``model`` wrapped in a fresh, trainable LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = _target_modules(model, params)
+    try:
+        config = LoraConfig(
+            r=params.r,
+            lora_alpha=params.alpha,
+            lora_dropout=params.dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        with warnings.catch_warnings():
+            # peft 0.21 calls a transformers 5 deprecated alias; nothing for users to act on.
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            return get_peft_model(model, config)
+    except ValueError as error:
+        if targets is not None:
+            raise
+        model_type = getattr(model.config, "model_type", "?")
+        raise ValueError(
+            f"lora: no default target modules for architecture {model_type!r}; set "
+            f"target_modules (names of linear layers to adapt) in the suite ({error})"
+        ) from error
+
+
+def _encode_pairs(
+    tokenizer: Any, records: Sequence[Any], max_length: int
+) -> list[tuple[list[int], list[int]]]:
+    """``(input_ids, labels)`` per pair: the prompt masked out, response + eos as targets.
+
+    The prompt is encoded alone, exactly as generation encodes it, and the response after it,
+    so training conditions on the same tokens inference will. Over-long examples keep at least
+    half of ``max_length`` for the response and drop the start of the prompt.
+    """
+    from audit.models.generation import encode_prompt
+
+    eos = tokenizer.eos_token_id
+    examples: list[tuple[list[int], list[int]]] = []
+    truncated = 0
+    for record in records:
+        prompt_ids = encode_prompt(tokenizer, record.prompt, chat=True)
+        response_ids = [
+            int(i) for i in tokenizer(record.response, add_special_tokens=False)["input_ids"]
+        ]
+        if eos is not None:
+            response_ids.append(int(eos))
+        if len(prompt_ids) + len(response_ids) > max_length:
+            truncated += 1
+            response_ids = response_ids[: max(max_length - len(prompt_ids), max_length // 2)]
+            prompt_ids = prompt_ids[max(0, len(prompt_ids) + len(response_ids) - max_length) :]
+        examples.append(
+            (prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids)
+        )
+    if truncated:
+        warnings.warn(
+            f"lora: {truncated} of {len(records)} examples exceed max_length={max_length} "
+            "tokens and were truncated",
+            stacklevel=3,
+        )
+    return examples
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Index batches for ``steps`` steps, read in order from successive seeded shuffles."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    size = min(batch_size, n)
+    stream: list[int] = []
+    batches: list[list[int]] = []
+    for _ in range(steps):
+        while len(stream) < size:
+            stream.extend(torch.randperm(n, generator=generator).tolist())
+        batches.append(stream[:size])
+        del stream[:size]
+    return batches
+
+
+def _train(
+    peft_model: Any,
+    examples: list[tuple[list[int], list[int]]],
+    params: LoraIntervention.Params,
+    total: int,
+    seed: int,
+    ctx: RunContext,
+) -> list[float]:
+    """Run the optimiser for ``total`` steps; the loss of each step."""
+    import torch
+
+    pad_id = 0
+    device = ctx.device
+    trainable = [q for q in peft_model.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=params.lr)
+    losses: list[float] = []
+    peft_model.train()
+    ctx.progress("lora", 0, total)
+    for step, batch in enumerate(_batches(len(examples), params.batch_size, total, seed), 1):
+        width = max(len(examples[i][0]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids, targets = examples[i]
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            labels[row, : len(ids)] = torch.tensor(targets, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        out = peft_model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            labels=labels.to(device),
+            use_cache=False,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        losses.append(float(out.loss.detach()))
+        ctx.progress("lora", step, total)
+    peft_model.eval()
+    return losses

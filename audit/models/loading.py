@@ -1,0 +1,497 @@
+"""Find, vet, load and fingerprint model checkpoints.
+
+A checkpoint is an ordinary Hugging Face directory (config, weights, tokenizer) or a PEFT adapter
+directory whose ``adapter_config.json`` names its base model. Loading is safe by default:
+
+- only ``safetensors`` weights are read unless the suite opts in with ``allow_pickle = true``;
+  even then pickle files are read with ``torch.load(weights_only=True)`` (transformers 5 passes
+  ``weights_only=True`` by default and peft's loader does too; we also pass it explicitly), so a
+  pickle that would run code is refused rather than executed;
+- checkpoints that ship custom code (``auto_map``) need ``trust_remote_code = true``;
+- symbolic links that leave the checkpoint directory are refused;
+- nothing is ever downloaded while loading: ``local_files_only`` throughout.
+
+torch, transformers, peft and huggingface_hub are imported inside functions so that importing
+this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files read with ``pickle`` (through ``torch.load``)."""
+
+SAFE_SUFFIXES = (".safetensors",)
+"""Weight files that hold tensors only."""
+
+_CODE_CONFIGS = ("config.json", "tokenizer_config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_TRUE = {"1", "on", "yes", "true"}
+_MAX_ADAPTER_DEPTH = 4
+_CHUNK = 1 << 20
+_RACY_NS = 2_000_000_000
+_HASH_CACHE_VERSION = 1
+
+
+class UnsafeCheckpointError(Exception):
+    """A checkpoint that could run code or read files outside itself was refused."""
+
+
+class CheckpointNotFoundError(Exception):
+    """A checkpoint (or its weights, or its base model) could not be found locally."""
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def resolve_source(source: str, *, suite_dir: Path) -> Path:
+    """Turn a suite's ``source`` string into a local checkpoint directory.
+
+    ``path:DIR`` is a directory, relative to ``suite_dir`` unless absolute. ``hf:ID[@REVISION]``
+    is a Hugging Face Hub model, taken from the local cache (downloaded first unless offline).
+    """
+    scheme, sep, rest = source.partition(":")
+    if not sep:
+        raise ValueError(
+            f"Model source {source!r} has no scheme; write 'path:DIR' for a local directory or "
+            "'hf:ORG/NAME[@REVISION]' for a Hugging Face Hub model."
+        )
+    if scheme == "path":
+        if not rest:
+            raise ValueError(f"Model source {source!r} names no directory after 'path:'.")
+        directory = Path(rest).expanduser()
+        if not directory.is_absolute():
+            directory = Path(suite_dir) / directory
+        if not directory.is_dir():
+            what = "is not a directory" if directory.exists() else "does not exist"
+            raise CheckpointNotFoundError(
+                f"Model directory {directory} (from {source!r}, relative to {suite_dir}) {what}."
+            )
+        return directory.resolve()
+    if scheme == "hf":
+        repo_id, _, revision = rest.partition("@")
+        if not _HUB_ID.fullmatch(repo_id):
+            raise ValueError(
+                f"Model source {source!r} is not a valid hub id; write 'hf:ORG/NAME' or "
+                "'hf:ORG/NAME@REVISION'."
+            )
+        return _snapshot(repo_id, revision or None, local_only=_hub_offline())
+    if scheme == "organism":
+        raise ValueError(
+            f"Model source {source!r}: 'organism:' sources are built by the runner, not loaded "
+            "from disk; resolve_source only handles 'path:' and 'hf:'."
+        )
+    raise ValueError(
+        f"Model source {source!r} has unknown scheme {scheme!r}; use 'path:', 'hf:' or 'organism:'."
+    )
+
+
+def _hub_offline() -> bool:
+    """Whether hub access is switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _snapshot(repo_id: str, revision: str | None, *, local_only: bool) -> Path:
+    """The local snapshot directory of a hub model; downloads only when ``local_only`` is off."""
+    from huggingface_hub import constants, snapshot_download
+
+    label = repo_id + (f"@{revision}" if revision else "")
+    try:
+        path = snapshot_download(repo_id, revision=revision, local_files_only=local_only)
+    except Exception as error:  # every hub failure reads the same to a user
+        if local_only:
+            why = (
+                "and the hub is offline here (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
+                if _hub_offline()
+                else "and only the local cache may be used here"
+            )
+        else:
+            why = f"and fetching it from the hub failed (unreachable or unknown id: {error})"
+        raise CheckpointNotFoundError(
+            f"Model {label} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"{why}. Download it where the hub is reachable (`hf download {repo_id}`) and copy "
+            "the cache here, or point the suite at a local directory with 'path:DIR'."
+        ) from error
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- vetting
+
+
+def check_checkpoint(directory: Path, *, allow_pickle: bool, trust_remote_code: bool) -> None:
+    """Refuse a checkpoint directory that is missing, unsafe, or has no weights.
+
+    Raises :class:`CheckpointNotFoundError` when the directory or its weights are missing and
+    :class:`UnsafeCheckpointError` for pickle-only weights (unless ``allow_pickle``), custom code
+    (unless ``trust_remote_code``) or symbolic links leading outside the directory.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"Checkpoint directory {directory} does not exist.")
+    _check_links(directory)
+
+    files = sorted(p for p in directory.iterdir() if p.is_file())
+    safe = [p for p in files if p.name.endswith(SAFE_SUFFIXES)]
+    pickles = [p for p in files if p.name.endswith(PICKLE_SUFFIXES)]
+    adapter = is_peft_adapter(directory)
+    if adapter:  # the trainer leaves training_args.bin etc. beside the adapter weights
+        safe = [p for p in safe if p.name.startswith("adapter_model")]
+        pickles = [p for p in pickles if p.name.startswith("adapter_model")]
+    if not safe and not pickles:
+        kind = "adapter weights (adapter_model.safetensors)" if adapter else "model weights"
+        raise CheckpointNotFoundError(
+            f"Checkpoint directory {directory} holds no {kind}: expected *.safetensors "
+            f"files{' (or pickle *.bin files)' if allow_pickle else ''}."
+        )
+    if not safe and not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"Checkpoint {directory} has only pickle weights ({pickles[0].name}), and loading a "
+            "pickle file can run arbitrary code. Convert it to safetensors, or, if you trust "
+            "where it came from, set `allow_pickle = true` in this model's table of the suite "
+            "(it is then read with torch.load(weights_only=True))."
+        )
+
+    for name in _CODE_CONFIGS:
+        config = _read_json(directory / name)
+        if config is None:
+            continue
+        if config.get("auto_map") and not trust_remote_code:
+            raise UnsafeCheckpointError(
+                f"Checkpoint {directory} ships its own Python code ('auto_map' in {name}), which "
+                "loading would import and run. Use a checkpoint of a built-in architecture, or, "
+                "if you trust where it came from, set `trust_remote_code = true` in this model's "
+                "table of the suite."
+            )
+        explicit = config.get("transformers_weights")
+        if (
+            name == "config.json"
+            and isinstance(explicit, str)
+            and not explicit.endswith((".safetensors", ".safetensors.index.json"))
+            and not allow_pickle
+        ):
+            raise UnsafeCheckpointError(
+                f"Checkpoint {directory} names pickle weights ({explicit!r}, the "
+                "'transformers_weights' key of config.json), and loading a pickle file can run "
+                "arbitrary code. Remove that key to use the safetensors weights, or, if you trust "
+                "where it came from, set `allow_pickle = true` in this model's table of the suite."
+            )
+
+
+def _check_links(directory: Path) -> None:
+    """Refuse symbolic links under ``directory`` that resolve outside it.
+
+    A Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV``) links into its repo's
+    ``blobs`` folder; those links are allowed.
+    """
+    root = directory.resolve()
+    allowed = [root]
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        allowed.append(root.parent.parent / "blobs")
+    for current, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in (*dirnames, *filenames):
+            path = Path(current) / name
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            if not any(target.is_relative_to(base) for base in allowed):
+                raise UnsafeCheckpointError(
+                    f"Checkpoint {directory} contains a symbolic link {path.relative_to(root)} "
+                    f"that points outside the checkpoint ({target}). Copy the file into the "
+                    "checkpoint directory instead of linking to it."
+                )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointNotFoundError(f"{path} is not readable JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointNotFoundError(f"{path} does not hold a JSON object.")
+    return data
+
+
+def is_peft_adapter(directory: Path) -> bool:
+    """Whether ``directory`` is a PEFT adapter (has ``adapter_config.json``)."""
+    return (Path(directory) / "adapter_config.json").is_file()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(
+    directory: Path,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    suite_dir: Path | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a checkpoint or PEFT adapter directory, in eval mode.
+
+    The directory is vetted by :func:`check_checkpoint` first. A PEFT adapter is applied to its
+    base model (``base_model_name_or_path`` of ``adapter_config.json``: a directory, relative to
+    ``suite_dir`` or else to the adapter's parent, or a hub id found in the local cache) and
+    merged into it. The tokenizer always has a pad token (the eos token when it had none).
+    """
+    model, tokenizer = _load(
+        Path(directory),
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        suite_dir=suite_dir,
+        depth=0,
+    )
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def _load(
+    directory: Path,
+    *,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    suite_dir: Path | None,
+    depth: int,
+) -> tuple[Any, Any]:
+    check_checkpoint(directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if not is_peft_adapter(directory):
+        model = _load_model(directory, trust_remote_code=trust_remote_code)
+        return model, _load_tokenizer(directory, trust_remote_code=trust_remote_code)
+
+    if depth >= _MAX_ADAPTER_DEPTH:
+        raise CheckpointNotFoundError(
+            f"Adapter {directory} sits on a chain of more than {_MAX_ADAPTER_DEPTH} adapters; "
+            "merge some of them into a full checkpoint."
+        )
+    base_dir = _adapter_base(directory, suite_dir)
+    base, base_tokenizer = _load(
+        base_dir,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        suite_dir=suite_dir,
+        depth=depth + 1,
+    )
+    model = _apply_adapter(base, directory)
+    if any((directory / name).is_file() for name in _TOKENIZER_FILES):
+        return model, _load_tokenizer(directory, trust_remote_code=trust_remote_code)
+    return model, base_tokenizer
+
+
+def _load_model(directory: Path, *, trust_remote_code: bool) -> Any:
+    """A causal LM from a full checkpoint directory; pickles only through weights-only loading."""
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    has_safetensors = any(
+        p.is_file() and p.name.endswith(SAFE_SUFFIXES) for p in directory.iterdir()
+    )
+    if not has_safetensors:
+        # Pickle weights will be read: make sure this transformers reads them weights-only.
+        import inspect
+
+        parameter = inspect.signature(PreTrainedModel.from_pretrained).parameters.get(
+            "weights_only"
+        )
+        if parameter is None or parameter.default is not True:
+            raise UnsafeCheckpointError(
+                f"Checkpoint {directory} has only pickle weights and this version of "
+                "transformers cannot be made to read them weights-only; convert the checkpoint "
+                "to safetensors."
+            )
+    with _weights_only_guard(directory):
+        model = AutoModelForCausalLM.from_pretrained(
+            directory,
+            use_safetensors=True if has_safetensors else None,
+            weights_only=True,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+        )
+    return model
+
+
+def _apply_adapter(base: Any, adapter_dir: Path) -> Any:
+    """``base`` with the PEFT adapter of ``adapter_dir`` applied and merged in."""
+    from peft import PeftModel
+
+    with _weights_only_guard(adapter_dir):
+        peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    return peft_model.merge_and_unload()
+
+
+@contextlib.contextmanager
+def _weights_only_guard(directory: Path) -> Iterator[None]:
+    """Turn torch's refusal of a code-carrying pickle into :class:`UnsafeCheckpointError`."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"Checkpoint {directory} has a pickle weights file that holds more than tensors (it "
+            "may run code when unpickled), so weights-only loading refused it. Do not load it "
+            "with weights_only=False; get the weights as safetensors from a trusted source."
+        ) from error
+
+
+def _load_tokenizer(directory: Path, *, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            directory, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError) as error:
+        raise CheckpointNotFoundError(
+            f"Checkpoint {directory} has no usable tokenizer: {error}"
+        ) from error
+
+
+def _adapter_base(adapter_dir: Path, suite_dir: Path | None) -> Path:
+    """The local directory of the base model a PEFT adapter was trained on."""
+    config = _read_json(adapter_dir / "adapter_config.json") or {}
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise CheckpointNotFoundError(
+            f"Adapter {adapter_dir} does not name its base model (base_model_name_or_path in "
+            "adapter_config.json); set it to the base checkpoint's directory or hub id."
+        )
+    anchor = Path(suite_dir) if suite_dir is not None else adapter_dir.resolve().parent
+    if base.startswith("path:"):
+        return resolve_source(base, suite_dir=anchor)
+    if base.startswith("hf:"):
+        repo_id, _, revision = base[3:].partition("@")
+        return _snapshot(repo_id, revision or None, local_only=True)
+    path = Path(base).expanduser()
+    candidate = path if path.is_absolute() else anchor / path
+    if candidate.is_dir():
+        return candidate
+    if not path.is_absolute() and _HUB_ID.fullmatch(base):
+        pinned = config.get("revision")
+        return _snapshot(base, pinned if isinstance(pinned, str) else None, local_only=True)
+    raise CheckpointNotFoundError(
+        f"Base model {base!r} of adapter {adapter_dir} was not found (looked for {candidate})."
+    )
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def hash_directory(directory: Path, *, cache_file: Path | None = None) -> str:
+    """SHA-256 fingerprint of every regular file under ``directory`` (names and contents).
+
+    Hidden entries (``.git``, ``.cache``, ...) and ``__pycache__`` are skipped; symbolic links
+    are hashed as the files they point to. With ``cache_file``, per-file digests are kept in a
+    JSON file keyed on (relative path, size, mtime_ns), so an unchanged multi-GB checkpoint is
+    re-hashed from metadata alone. Files modified in the last two seconds are not cached (their
+    mtime could still change without the size changing).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise CheckpointNotFoundError(f"Cannot hash {directory}: not a directory.")
+    resolved_root = str(root.resolve())
+    cache_path = Path(cache_file).resolve() if cache_file is not None else None
+    cached = _read_hash_cache(cache_path, resolved_root)
+    fresh: dict[str, dict[str, Any]] = {}
+    now_ns = time.time_ns()
+    digest = hashlib.sha256()
+    changed = False
+    for relative, path in _regular_files(root):
+        if cache_path is not None and path.resolve() == cache_path:
+            continue
+        stat = path.stat()
+        entry = cached.get(relative)
+        if (
+            entry is not None
+            and entry.get("size") == stat.st_size
+            and entry.get("mtime_ns") == stat.st_mtime_ns
+            and isinstance(entry.get("sha256"), str)
+        ):
+            file_digest = str(entry["sha256"])
+        else:
+            file_digest = _file_digest(path)
+            changed = True
+        if now_ns - stat.st_mtime_ns > _RACY_NS:
+            fresh[relative] = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": file_digest,
+            }
+        digest.update(f"{relative}\0{file_digest}\n".encode())
+    if cache_path is not None and (changed or fresh.keys() != cached.keys()):
+        _write_hash_cache(cache_path, resolved_root, fresh)
+    return digest.hexdigest()
+
+
+def _regular_files(root: Path) -> list[tuple[str, Path]]:
+    """``(posix relative path, path)`` of the files to hash, sorted by relative path."""
+    found: list[tuple[str, Path]] = []
+    for current, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+        for name in filenames:
+            path = Path(current) / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            found.append((path.relative_to(root).as_posix(), path))
+    found.sort()
+    return found
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file's contents, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_hash_cache(cache_path: Path | None, root: str) -> dict[str, dict[str, Any]]:
+    """The cached per-file digests for ``root``; empty when absent, stale or unreadable."""
+    if cache_path is None or not cache_path.is_file():
+        return {}
+    try:
+        data = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != _HASH_CACHE_VERSION
+        or data.get("directory") != root
+        or not isinstance(data.get("files"), dict)
+    ):
+        return {}
+    return {k: v for k, v in data["files"].items() if isinstance(v, dict)}
+
+
+def _write_hash_cache(cache_path: Path, root: str, files: dict[str, dict[str, Any]]) -> None:
+    """Replace the cache file atomically; a cache that cannot be written is not an error."""
+    payload = {"version": _HASH_CACHE_VERSION, "directory": root, "files": files}
+    tmp = cache_path.parent / f".{cache_path.name}.{os.getpid()}.tmp"
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload, indent=0, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, cache_path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

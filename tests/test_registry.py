@@ -1,0 +1,119 @@
+"""The plug-in registry, including a third-party plug-in registered through a real entry point."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from audit import registry
+from audit.cli import main
+from audit.registry import PluginError, Registry
+
+PLUGIN = '''
+from __future__ import annotations
+
+from audit.plugins import EvalResult, MetricSpec, Params, Sample
+from audit.stats import metric_rows_from_samples
+
+
+class LossParams(Params):
+    texts: list[str] = ["how do i bake bread", "write a poem", "fix my bike"]
+
+
+class TextLoss:
+    """Third-party evaluator: the model's mean token loss on a few fixed texts."""
+
+    name = "text_loss"
+    version = "1"
+    Params = LossParams
+    metrics = (MetricSpec("loss", higher_is_better=False, description="token loss", kind="mean"),)
+
+    def __init__(self, params):
+        self.params = params
+
+    def evaluate(self, model, ctx):
+        import torch
+
+        samples = []
+        for i, text in enumerate(self.params.texts):
+            ids = model.tokenizer(text, return_tensors="pt").input_ids
+            with torch.inference_mode():
+                loss = model.model(input_ids=ids, labels=ids).loss.item()
+            samples.append(Sample("loss", f"t{i}", text, "", loss))
+        return EvalResult(metric_rows_from_samples(samples, self.metrics), samples)
+'''
+
+
+@pytest.fixture
+def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Install a plug-in distribution (module + dist-info with entry points) on sys.path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "thirdparty_audit_plugin.py").write_text(PLUGIN)
+    info = site / "thirdparty_audit_plugin-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: thirdparty-audit-plugin\nVersion: 0.3\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[audit.evaluators]\ntext_loss = thirdparty_audit_plugin:TextLoss\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_unknown_name_suggests_close_match() -> None:
+    with pytest.raises(PluginError, match=r"did you mean 'refusal'"):
+        registry.evaluators.get("refusl")
+
+
+def test_plugin_missing_protocol_attributes_is_refused() -> None:
+    reg: Registry[object] = Registry("thing", "audit.nothing", {"x": "json:dumps"}, ("name",))
+    with pytest.raises(PluginError, match="lacks required attribute"):
+        reg.get("x")
+
+
+def test_builtins_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lora", "refusal", "task_accuracy", "keyword"):
+        assert name in out
+
+
+def test_entry_point_plugin_is_listed_and_runs_from_a_suite(
+    third_party: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "text_loss" in registry.evaluators.names()
+    assert main(["list"]) == 0
+    assert "thirdparty-audit-plugin 0.3" in capsys.readouterr().out
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        textwrap.dedent(
+            f"""
+            [suite]
+            name = "third-party"
+            cache_dir = "cache"
+
+            [models.tiny]
+            source = "path:{tiny_checkpoint}"
+
+            [evaluators.loss]
+            kind = "text_loss"
+            texts = ["how do i bake bread", "write a poem"]
+
+            [[gates]]
+            metric = "loss.loss"
+            max = 1000.0
+            """
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = [r for r in results["metrics"] if r["metric"] == "loss" and r["slice"] == "all"]
+    assert len(rows) == 1 and rows[0]["n"] == 2 and rows[0]["value"] > 0
+    assert rows[0]["higher_is_better"] is False
+    assert results["gates"][0]["passed"] is True
