@@ -11,17 +11,21 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from audit.gates import EXIT_CRASHED, EXIT_INVALID, EXIT_OK
 
+if TYPE_CHECKING:
+    from audit.suite import Suite
+
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+def _load(path: str) -> Suite:
     from audit.suite import load_suite
 
     return load_suite(path)
@@ -58,13 +62,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(results["exit_code"])
 
 
-def _default_out(suite) -> Path:  # type: ignore[no-untyped-def]
+def _default_out(suite: Suite) -> Path:
     if suite.file.report.output_dir:
         return suite.dir / suite.file.report.output_dir
     return Path("reports") / suite.name
 
 
-def _summarize(results: dict, executed: list[str], report: Path) -> None:  # type: ignore[type-arg]
+def _summarize(results: dict[str, Any], executed: list[str], report: Path) -> None:
     for g in results["gates"]:
         mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
         _out.print(f"{mark} {escape(g['name'])} — {escape(g['model'])}: {escape(g['detail'])}")

@@ -94,7 +94,7 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} ({obj!r}) lacks required attribute(s): {', '.join(missing)}"
             )
         self._loaded[name] = obj
-        return obj  # type: ignore[no-any-return]
+        return obj
 
 
 _COMMON = ("name", "version", "Params")

@@ -160,9 +160,7 @@ class Store:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def get_or_build(
-        self, key: str, build: Callable[[Path], dict[str, Any]]
-    ) -> tuple[Path, bool]:
+    def get_or_build(self, key: str, build: Callable[[Path], dict[str, Any]]) -> tuple[Path, bool]:
         """The entry for ``key``, building it under the step lock if needed; (path, was_cached)."""
         entry = self.get(key)
         if entry is not None:

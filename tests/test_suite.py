@@ -71,14 +71,44 @@ def test_valid_suite(suite_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
     [
         ("seed = 1", "sed = 1", 3, "suite.sed: unknown key 'sed' (did you mean 'seed'?)"),
         ("seed = 1", 'seed = "one"', 3, "suite.seed: Input should be a valid integer"),
-        ("steps = 10", "stesp = 10", 12, "models.tuned.stesp: unknown key 'stesp' (did you mean 'steps'?)"),
+        (
+            "steps = 10",
+            "stesp = 10",
+            12,
+            "models.tuned.stesp: unknown key 'stesp' (did you mean 'steps'?)",
+        ),
         ("steps = 10", 'steps = "many"', 12, "models.tuned.steps: Input should be a valid integer"),
-        ('intervention = "lora"', 'intervention = "lroa"', 10, "unknown intervention 'lroa' (did you mean 'lora'?)"),
-        ('kind = "refusal"', 'kind = "refusl"', 15, "unknown evaluator 'refusl' (did you mean 'refusal'?)"),
-        ('from = "aligned"', 'from = "aligend"', 9, "models.tuned.from: undefined model 'aligend' (did you mean 'aligned'?)"),
-        ('models = ["tuned"]', 'models = ["tunde"]', 20, "gates[0].models: no model matches 'tunde'"),
+        (
+            'intervention = "lora"',
+            'intervention = "lroa"',
+            10,
+            "unknown intervention 'lroa' (did you mean 'lora'?)",
+        ),
+        (
+            'kind = "refusal"',
+            'kind = "refusl"',
+            15,
+            "unknown evaluator 'refusl' (did you mean 'refusal'?)",
+        ),
+        (
+            'from = "aligned"',
+            'from = "aligend"',
+            9,
+            "models.tuned.from: undefined model 'aligend' (did you mean 'aligned'?)",
+        ),
+        (
+            'models = ["tuned"]',
+            'models = ["tunde"]',
+            20,
+            "gates[0].models: no model matches 'tunde'",
+        ),
         ("refusal.refusal_rate_unsafe", "refusal.refusal_rate", 19, "has no metric 'refusal_rate'"),
-        ("max_drop = 0.05", "max_drop = 0.05\nmin = 0.5", 18, "exactly one of min, max, max_drop, max_rise"),
+        (
+            "max_drop = 0.05",
+            "max_drop = 0.05\nmin = 0.5",
+            18,
+            "exactly one of min, max, max_drop, max_rise",
+        ),
         ('source = "path:./aligned"', 'source = "s3://bucket"', 6, "unknown source 's3://bucket'"),
         ('data = "path:pairs.jsonl"', 'data = "path:nope.jsonl"', 11, "data file not found"),
     ],
@@ -110,7 +140,8 @@ def test_toml_syntax_error_has_line(suite_dir: Path) -> None:
 
 def test_malformed_data_file_names_file_and_line(suite_dir: Path) -> None:
     (suite_dir / "probes.jsonl").write_text(
-        '{"id": "u1", "prompt": "x", "label": "unsafe"}\n{"id": "u2", "prompt": "y", "label": "evil"}\n'
+        '{"id": "u1", "prompt": "x", "label": "unsafe"}\n'
+        '{"id": "u2", "prompt": "y", "label": "evil"}\n'
     )
     found = issues(write(suite_dir, VALID))
     assert "probes.jsonl:2: label:" in found[0]
