@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cache = Path(args.cache).resolve() if args.cache else suite.cache_dir
     out_dir = Path(args.out) if args.out else _default_out(suite)
     store = Store(cache)
-    plan = build_plan(suite, hash_cache=cache / "file-hashes.json")
+    plan = build_plan(suite, hash_cache=cache / "file-hashes")
     outcome = Runner(plan, store, Progress(quiet=args.quiet), device=args.device).run()
     results, samples = assemble(plan, outcome, started, args.device)
     report = write_outputs(out_dir, results, samples)

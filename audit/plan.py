@@ -91,15 +91,33 @@ def _load_key(spec: ModelSpec, suite: Suite, hash_cache: Path) -> tuple[str, Pat
 
         name = source[len("organism:") :]
         return step_key("organism", name=name, config=config_key(OrganismConfig())), None
-    from audit.models.loading import hash_directory, resolve_source
+    from audit.models.loading import resolve_source
 
     directory = resolve_source(source, suite_dir=suite.dir)
-    content = hash_directory(directory, cache_file=hash_cache)
-    return step_key("load", content=content, **flags), directory
+    return step_key(
+        "load", content=content_hash(directory, suite.dir, hash_cache), **flags
+    ), directory
+
+
+def content_hash(directory: Path, suite_dir: Path, hash_cache: Path) -> list[str]:
+    """Hashes of a checkpoint's files; for a PEFT adapter, of its base's files too."""
+    from audit.models.loading import adapter_base, hash_directory, is_peft_adapter
+
+    cache_file = (
+        hash_cache / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:24]}.json"
+    )
+    hashes = [hash_directory(directory, cache_file=cache_file)]
+    if is_peft_adapter(directory):
+        hashes += content_hash(adapter_base(directory, suite_dir), suite_dir, hash_cache)
+    return hashes
 
 
 def build_plan(suite: Suite, hash_cache: Path) -> Plan:
-    """Resolve every model's key (hashing loaded checkpoints) and list the steps."""
+    """Resolve every model's key (hashing loaded checkpoints) and list the steps.
+
+    ``hash_cache`` is a directory of per-checkpoint file-hash caches, so an unchanged
+    multi-gigabyte checkpoint is not re-read on every run.
+    """
     keys: dict[str, str] = {}
     models: list[ModelStep] = []
     for name in suite.topological_models():

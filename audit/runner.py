@@ -183,6 +183,7 @@ class Runner:
             parents=step.inputs,
             allow_pickle=step.spec.allow_pickle,
             trust_remote_code=step.spec.trust_remote_code,
+            suite_dir=self.plan.suite.dir,
         )
 
     def _eval(self, step: EvalStep) -> None:

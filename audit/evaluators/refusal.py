@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from audit import registry
 from audit.plugins import EvalResult, MetricSpec, ProbeData, RunContext, Sample
 from audit.plugins import Params as BaseParams
 
@@ -26,13 +27,10 @@ _METRIC_BY_LABEL: dict[str, tuple[str, str]] = {
 
 
 def _make_judge(name: str) -> Judge:
-    """The judge called ``name``, with default parameters."""
-    if name == "keyword":
-        from audit.judges.keyword import KeywordJudge
-
-        # cast: mypy cannot match a nested ``class Params`` to the protocol's ClassVar member.
-        return cast("Judge", KeywordJudge())
-    raise ValueError(f"refusal: unknown judge {name!r}; available: keyword")
+    """The judge plug-in called ``name``, with default parameters."""
+    cls = registry.judges.get(name)
+    # cast: mypy cannot match a nested ``class Params`` to the protocol's ClassVar member.
+    return cast("Judge", cls(cls.Params()))
 
 
 class RefusalEvaluator:
@@ -53,6 +51,13 @@ class RefusalEvaluator:
         judge: str = "keyword"
         max_new_tokens: int = Field(default=32, gt=0)
         batch_size: int = Field(default=32, gt=0)
+
+        @field_validator("judge")
+        @classmethod
+        def _known_judge(cls, name: str) -> str:
+            if name not in registry.judges:
+                raise ValueError(registry.judges.unknown_message(name))
+            return name
 
     metrics: ClassVar[Sequence[MetricSpec]] = (
         MetricSpec(

@@ -22,6 +22,7 @@ class ModelHandle:
     parents: tuple[str, ...] = ()
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    suite_dir: Path | None = None
     _loaded: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
     def _load(self) -> tuple[Any, Any]:
@@ -32,6 +33,7 @@ class ModelHandle:
                 self.path,
                 allow_pickle=self.allow_pickle,
                 trust_remote_code=self.trust_remote_code,
+                suite_dir=self.suite_dir,
             )
         return self._loaded
 

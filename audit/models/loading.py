@@ -285,7 +285,7 @@ def _load(
             f"Adapter {directory} sits on a chain of more than {_MAX_ADAPTER_DEPTH} adapters; "
             "merge some of them into a full checkpoint."
         )
-    base_dir = _adapter_base(directory, suite_dir)
+    base_dir = adapter_base(directory, suite_dir)
     base, base_tokenizer = _load(
         base_dir,
         allow_pickle=allow_pickle,
@@ -367,7 +367,7 @@ def _load_tokenizer(directory: Path, *, trust_remote_code: bool) -> Any:
         ) from error
 
 
-def _adapter_base(adapter_dir: Path, suite_dir: Path | None) -> Path:
+def adapter_base(adapter_dir: Path, suite_dir: Path | None) -> Path:
     """The local directory of the base model a PEFT adapter was trained on."""
     config = _read_json(adapter_dir / "adapter_config.json") or {}
     base = config.get("base_model_name_or_path")

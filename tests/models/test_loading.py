@@ -278,7 +278,7 @@ def test_adapter_with_relative_base_and_suite_dir(
         ("base", None, beside),  # no suite: relative to the adapter's parent
     ):
         config_path.write_text(json.dumps({**config, "base_model_name_or_path": base}))
-        assert loading._adapter_base(adapter, suite_dir).resolve() == found.resolve()
+        assert loading.adapter_base(adapter, suite_dir).resolve() == found.resolve()
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": "models/base"}))
     model, tokenizer = load_checkpoint(adapter, suite_dir=suite)
     torch.testing.assert_close(_logits(model, tokenizer), expected, rtol=1e-4, atol=1e-5)
