@@ -169,5 +169,5 @@ def test_metadata_and_judge_lookup() -> None:
     assert (p.judge, p.max_new_tokens, p.batch_size) == ("keyword", 32, 32)
     assert isinstance(RefusalEvaluator(p), Evaluator)
     assert _make_judge("keyword").name == "keyword"
-    with pytest.raises(ValueError, match="unknown judge 'llama-guard'"):
-        _make_judge("llama-guard")
+    with pytest.raises(ValueError, match="unknown judge 'keywrd' \\(did you mean 'keyword'\\?\\)"):
+        RefusalEvaluator.Params(probes="x", judge="keywrd")
