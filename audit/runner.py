@@ -96,6 +96,14 @@ def _read_result(directory: Path) -> EvalResult:
     )
 
 
+def _quiet_libraries() -> None:
+    """Silence the libraries' own progress bars; the runner shows progress itself."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 class Runner:
     """Runs a :class:`Plan` against a :class:`Store`."""
 
@@ -211,6 +219,7 @@ class Runner:
 
     def run(self) -> RunOutcome:
         """Execute every step; never raises for a step's failure."""
+        _quiet_libraries()
         self.progress.begin(len(self.plan.models) + len(self.plan.evals))
         done: set[str] = set()
         for step in self.plan.models:
