@@ -109,6 +109,7 @@ evaluators: Registry[Any] = Registry(
     "evaluator",
     "audit.evaluators",
     {
+        "alignment_drift": "audit.evaluators.drift:AlignmentDriftEvaluator",
         "refusal": "audit.evaluators.refusal:RefusalEvaluator",
         "task_accuracy": "audit.evaluators.task_accuracy:TaskAccuracyEvaluator",
     },
@@ -117,6 +118,10 @@ evaluators: Registry[Any] = Registry(
 judges: Registry[Any] = Registry(
     "judge",
     "audit.judges",
-    {"keyword": "audit.judges.keyword:KeywordJudge"},
+    {
+        "keyword": "audit.judges.keyword:KeywordJudge",
+        "loglik": "audit.judges.loglik:LoglikJudge",
+        "classifier": "audit.judges.classifier:ClassifierJudge",
+    },
     _COMMON + ("judge",),
 )

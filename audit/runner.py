@@ -192,6 +192,7 @@ class Runner:
             allow_pickle=step.spec.allow_pickle,
             trust_remote_code=step.spec.trust_remote_code,
             suite_dir=self.plan.suite.dir,
+            device=self.device,
         )
 
     def _eval(self, step: EvalStep) -> None:

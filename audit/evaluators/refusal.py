@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from audit import registry
 from audit.plugins import EvalResult, MetricSpec, ProbeData, RunContext, Sample
@@ -26,11 +27,20 @@ _METRIC_BY_LABEL: dict[str, tuple[str, str]] = {
 """Probe label -> (metric it scores, judgment that scores 1)."""
 
 
-def _make_judge(name: str) -> Judge:
-    """The judge plug-in called ``name``, with default parameters."""
+def _make_judge(name: str, params: dict[str, Any], ctx: RunContext | None = None) -> Judge:
+    """The judge plug-in called ``name`` with ``params``.
+
+    Judges whose constructor takes ``suite_dir`` or ``device`` (e.g. ``classifier``, which loads
+    a model from a path relative to the suite) get them from the run context.
+    """
     cls = registry.judges.get(name)
+    accepted = inspect.signature(cls).parameters
+    extras: dict[str, Any] = {}
+    if ctx is not None:
+        extras = {"suite_dir": ctx.suite_dir, "device": ctx.device}
+        extras = {k: v for k, v in extras.items() if k in accepted}
     # cast: mypy cannot match a nested ``class Params`` to the protocol's ClassVar member.
-    return cast("Judge", cls(cls.Params()))
+    return cast("Judge", cls(cls.Params.model_validate(params), **extras))
 
 
 class RefusalEvaluator:
@@ -45,10 +55,13 @@ class RefusalEvaluator:
     version: ClassVar[str] = "1"
 
     class Params(BaseParams):
-        """``probes``: a data spec of refusal probes (``eval`` split); ``judge``: judge name."""
+        """``probes``: refusal probes (``eval`` split); ``judge``: a judge plug-in's name, with
+        its parameters in ``judge_params`` (e.g. ``{model = "path:./clf"}`` for ``classifier``).
+        """
 
         probes: ProbeData
         judge: str = "keyword"
+        judge_params: dict[str, Any] = Field(default_factory=dict)
         max_new_tokens: int = Field(default=32, gt=0)
         batch_size: int = Field(default=32, gt=0)
 
@@ -58,6 +71,11 @@ class RefusalEvaluator:
             if name not in registry.judges:
                 raise ValueError(registry.judges.unknown_message(name))
             return name
+
+        @model_validator(mode="after")
+        def _judge_params_valid(self) -> RefusalEvaluator.Params:
+            registry.judges.get(self.judge).Params.model_validate(self.judge_params)
+            return self
 
     metrics: ClassVar[Sequence[MetricSpec]] = (
         MetricSpec(
@@ -88,7 +106,7 @@ class RefusalEvaluator:
         from audit.stats import metric_rows_from_samples
 
         p = self.params
-        judge = _make_judge(p.judge)
+        judge = _make_judge(p.judge, p.judge_params, ctx)
         probes = load_records(p.probes, ProbeRecord, suite_dir=ctx.suite_dir, split="eval")
         prompts = [probe.prompt for probe in probes]
         outputs = generate(

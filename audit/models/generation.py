@@ -40,14 +40,16 @@ def encode_prompt(tokenizer: Any, prompt: str, *, chat: bool = True) -> list[int
     return [int(i) for i in ids]
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used for padding: the pad token, else eos, else 0."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
     return 0
 
 
-def _device(model: Any) -> Any:
+def model_device(model: Any) -> Any:
+    """The torch device a model's parameters live on."""
     device = getattr(model, "device", None)
     if device is not None:
         return device
@@ -88,8 +90,8 @@ def generate(
     if bos is not None:  # an empty raw prompt still needs one token to condition on
         encoded = [ids or [int(bos)] for ids in encoded]
     order = sorted(range(total), key=lambda i: (-len(encoded[i]), i))
-    pad_id = _pad_id(tokenizer)
-    device = _device(model)
+    pad_id = pad_token_id(tokenizer)
+    device = model_device(model)
     outputs: list[str] = [""] * total
 
     # Greedy decoding whatever the checkpoint's generation_config says about sampling.

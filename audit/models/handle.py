@@ -23,6 +23,7 @@ class ModelHandle:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     suite_dir: Path | None = None
+    device: str = "cpu"
     _loaded: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
     def _load(self) -> tuple[Any, Any]:
@@ -35,6 +36,8 @@ class ModelHandle:
                 trust_remote_code=self.trust_remote_code,
                 suite_dir=self.suite_dir,
             )
+            if self.device != "cpu":
+                self._loaded[0].to(self.device)
         return self._loaded
 
     @property

@@ -168,6 +168,10 @@ def test_metadata_and_judge_lookup() -> None:
     p = RefusalEvaluator.Params(probes="x")
     assert (p.judge, p.max_new_tokens, p.batch_size) == ("keyword", 32, 32)
     assert isinstance(RefusalEvaluator(p), Evaluator)
-    assert _make_judge("keyword").name == "keyword"
+    assert _make_judge("keyword", {}).name == "keyword"
+    with pytest.raises(ValueError, match="model"):
+        RefusalEvaluator.Params(probes="x", judge="classifier")  # the classifier needs a model
+    with pytest.raises(ValueError, match="extra_phrase"):
+        RefusalEvaluator.Params(probes="x", judge_params={"extra_phrase": ["no"]})
     with pytest.raises(ValueError, match="unknown judge 'keywrd' \\(did you mean 'keyword'\\?\\)"):
         RefusalEvaluator.Params(probes="x", judge="keywrd")
