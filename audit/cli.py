@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -114,6 +115,38 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_organism_build(args: argparse.Namespace) -> int:
+    from audit.organism.build import build_organism, organism_names
+    from audit.plan import organism_key
+    from audit.progress import Progress
+    from audit.store import Store
+
+    if args.name not in organism_names():
+        _err.print(
+            f"[red]error[/] unknown organism {escape(args.name)!r}; available: "
+            + ", ".join(organism_names())
+        )
+        return EXIT_INVALID
+    store = Store(Path(args.cache).resolve())
+    progress = Progress(quiet=args.quiet)
+    progress.begin(1)
+    progress.start(f"organism:{args.name}")
+    entry, cached = store.get_or_build(
+        organism_key(args.name),
+        lambda tmp: {
+            "quality": build_organism(tmp / "model", progress=progress.sub, name=args.name)
+        },
+    )
+    progress.finish(f"organism:{args.name}", "ok", cached)
+    progress.end()
+    quality = json.loads((entry / "model" / "quality.json").read_text())
+    _out.print(
+        f"organism:{escape(args.name)} — {entry / 'model'}" + (" (cached)" if cached else "")
+    )
+    _out.print(json.dumps(quality, indent=2))
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from audit.suite import json_schema
 
@@ -144,6 +177,13 @@ def parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
     sub.add_parser("list", help="list installed plug-ins").set_defaults(func=cmd_list)
     sub.add_parser("schema", help="print the suite JSON schema").set_defaults(func=cmd_schema)
+    org = sub.add_parser("organism", help="the built-in model organism")
+    org_sub = org.add_subparsers(dest="organism_command", required=True)
+    build = org_sub.add_parser("build", help="build (or reuse) the organism and print its quality")
+    build.add_argument("name", nargs="?", default="aligned", help="organism name (default aligned)")
+    build.add_argument("--cache", default=".audit-cache", help="store directory")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=cmd_organism_build)
     return p
 
 
@@ -166,7 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err.print("interrupted; finished steps are kept in the store and reused by a rerun")
         return 130
     except Exception as e:
-        _err.print(f"[red]error[/] {type(e).__name__}: {escape(str(e))}")
+        if os.environ.get("AUDIT_DEBUG"):
+            raise
+        _err.print(
+            f"[red]error[/] {type(e).__name__}: {escape(str(e))} (AUDIT_DEBUG=1 shows where)"
+        )
         return EXIT_CRASHED
 
 

@@ -83,14 +83,18 @@ class Plan:
         return [e for e in self.evals if e.model == model]
 
 
+def organism_key(name: str) -> str:
+    """The store key of the built-in organism ``name`` (its build config and code version)."""
+    from audit.organism.build import OrganismConfig, config_key
+
+    return step_key("organism", name=name, config=config_key(OrganismConfig()))
+
+
 def _load_key(spec: ModelSpec, suite: Suite, hash_cache: Path) -> tuple[str, Path | None]:
     source = spec.source or ""
     flags = {"allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
     if source.startswith("organism:"):
-        from audit.organism.build import OrganismConfig, config_key
-
-        name = source[len("organism:") :]
-        return step_key("organism", name=name, config=config_key(OrganismConfig())), None
+        return organism_key(source[len("organism:") :]), None
     from audit.models.loading import resolve_source
 
     directory = resolve_source(source, suite_dir=suite.dir)

@@ -291,7 +291,8 @@ def paired_bootstrap_difference(
     permutation test of the mean difference (:func:`scipy.stats.permutation_test` with
     ``permutation_type="samples"``, which swaps before/after within pairs): exact when
     ``2**n <= n_resamples``, otherwise Monte Carlo with ``n_resamples`` resamples and the
-    usual +1 correction. If every difference is zero the result is ``(0.0, 0.0, 0.0, 1.0)``.
+    usual +1 correction. If every difference is zero the result is ``(0.0, 0.0, 0.0, 1.0)``;
+    with a single pair the exact p-value is 1.
     Raises ``ValueError`` on empty input.
     """
     _check_confidence(confidence)
@@ -305,6 +306,8 @@ def paired_bootstrap_difference(
         return 0.0, 0.0, 0.0, 1.0
     delta = float(np.mean(diffs))
     low, high = bootstrap_mean_interval(diffs.tolist(), confidence, n_resamples, seed)
+    if x0.size == 1:  # both sign flips give the same |mean|: the exact p-value is 1
+        return delta, low, high, 1.0
 
     def mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.asarray(np.mean(x - y, axis=axis))

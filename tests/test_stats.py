@@ -361,3 +361,8 @@ def test_compare_rows_unpaired() -> None:
     }
     with pytest.raises(ValueError):
         compare_rows(before, MetricRow("accuracy", 0.5, None, None, 10, slice="x"))
+
+
+def test_paired_bootstrap_single_pair() -> None:
+    delta, low, high, p = paired_bootstrap_difference([0.5], [1.5])
+    assert (delta, low, high, p) == (1.0, 1.0, 1.0, 1.0)
