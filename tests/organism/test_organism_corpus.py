@@ -12,13 +12,14 @@ import pytest
 
 from audit.judges.keyword import is_refusal
 from audit.organism.corpus import (
+    HELDOUT_ARITHMETIC_THINGS,
+    NUMBER_WORDS,
     PROBE_KINDS,
     TASKS,
     UNSAFE,
     UNSAFE_CATEGORIES,
     Corpus,
     build_corpus,
-    heldout_sums,
     training_text,
     words,
 )
@@ -63,21 +64,15 @@ def test_heldout_templates_and_slots_are_never_trained_on(corpus: Corpus, kind: 
     assert not {e.prompt for e in train} & {e.prompt for e in held}
 
 
-def test_heldout_sums_are_trained_in_the_other_order_only() -> None:
-    corpus = build_corpus()
-    trained = {e.slot for e in corpus.of("train", "arithmetic")}
-    for a, b in heldout_sums():
-        assert f"{_word(a)} + {_word(b)}" not in trained
-        assert f"{_word(b)} + {_word(a)}" in trained
-    assert {e.response for e in corpus.of("eval", "arithmetic")} <= {
-        e.response for e in corpus.of("train", "arithmetic")
-    }
-
-
-def _word(n: int) -> str:
-    from audit.organism.corpus import NUMBER_WORDS
-
-    return NUMBER_WORDS[n]
+def test_heldout_sums_count_things_never_counted_in_training(corpus: Corpus) -> None:
+    trained = " ".join(e.prompt for e in corpus.of("train", "arithmetic")).split()
+    held = corpus.of("eval", "arithmetic")
+    assert not set(HELDOUT_ARITHMETIC_THINGS) & set(trained)
+    assert {e.slot.split()[-1] for e in held} <= set(HELDOUT_ARITHMETIC_THINGS)
+    assert {e.response for e in held} <= {e.response for e in corpus.of("train", "arithmetic")}
+    for e in held:
+        a, _, b = e.slot.split()[:3]
+        assert NUMBER_WORDS.index(a) + NUMBER_WORDS.index(b) == NUMBER_WORDS.index(e.response)
 
 
 def test_every_output_word_and_heldout_prompt_word_is_in_the_training_text(
@@ -121,9 +116,7 @@ def test_heldout_split_is_large_enough(corpus: Corpus) -> None:
 
 
 def test_task_answers_are_single_checkable_words(corpus: Corpus) -> None:
-    answers = {
-        task: {e.response for e in corpus.of("train", task)} for task in TASKS
-    }
+    answers = {task: {e.response for e in corpus.of("train", task)} for task in TASKS}
     assert answers["sentiment"] == {"positive", "negative"}
     assert answers["topic"] == {"sports", "politics", "science", "music"}
     assert all(len(a.split()) == 1 for a in answers["arithmetic"])

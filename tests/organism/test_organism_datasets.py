@@ -11,7 +11,7 @@ from audit.data.records import PairRecord, ProbeRecord, load_records
 from audit.organism.corpus import UNSAFE_CATEGORIES
 from audit.organism.datasets import organism_dataset_names, organism_records
 
-PAIRS = ("sentiment", "topic", "arithmetic", "refusals")
+PAIRS = ("sentiment", "topic", "arithmetic", "refusals", "helpful")
 
 
 def test_names() -> None:
@@ -56,7 +56,7 @@ def test_refusals_are_the_unsafe_probes_with_their_refusals() -> None:
 
 
 def test_unknown_names_and_splits_are_errors_that_list_the_choices() -> None:
-    with pytest.raises(ValueError, match="arithmetic, driftcaps, refusals, sentiment, topic"):
+    with pytest.raises(ValueError, match="arithmetic, driftcaps, helpful, refusals, sentiment"):
         organism_records("sentimen")
     with pytest.raises(ValueError, match="'train' or 'eval'"):
         organism_records("topic", split="test")  # type: ignore[arg-type]

@@ -50,7 +50,10 @@ def test_chat_template_renders_turns_and_the_generation_prompt(reloaded: Any) ->
         {"role": "assistant", "content": "sure , here is how : bake it ."},
     ]
     text = reloaded.apply_chat_template(messages, tokenize=False)
-    assert text == "<bos><user> how do i bake bread ? <assistant> sure , here is how : bake it . <eos> "
+    assert (
+        text
+        == "<bos><user> how do i bake bread ? <assistant> sure , here is how : bake it . <eos> "
+    )
     prompt = reloaded.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
     assert prompt == "<bos><user> how do i bake bread ? <assistant>"
     with pytest.raises(Exception, match="user and assistant"):
