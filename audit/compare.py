@@ -1,8 +1,10 @@
-"""Before/after comparisons of every derived model with its parents and the reference model."""
+"""Before/after comparisons of every model with its parents, the models its ``compare`` key
+names, the reference model, and the baselines gates name in ``vs``."""
 
 from __future__ import annotations
 
 from audit import registry
+from audit.gates import gate_baselines
 from audit.plan import Plan
 from audit.plugins import EvalResult, MetricSpec
 from audit.results import ComparisonRowT
@@ -10,13 +12,19 @@ from audit.stats import ComparisonStats, compare_rows, compare_samples
 
 
 def baselines(plan: Plan, model: str) -> list[tuple[str, str]]:
-    """(baseline, relation) pairs a model is compared with: its parents, then the reference."""
+    """(baseline, relation) pairs a model is compared with, each baseline once: its parents
+    ("parent"), the models of its ``compare`` key ("compare"), the reference ("reference"),
+    then the models that gates compare it with (``vs = NAME``, "gate")."""
     step = plan.model(model)
-    out = [(p, "parent") for p in step.inputs]
-    ref = plan.suite.reference
-    if ref != model and ref not in step.inputs:
-        out.append((ref, "reference"))
-    return out
+    out: dict[str, str] = {p: "parent" for p in step.inputs}
+    for name in plan.suite.compare_with(model):
+        out.setdefault(name, "compare")
+    if plan.suite.reference != model:
+        out.setdefault(plan.suite.reference, "reference")
+    for name in gate_baselines(plan, model):
+        out.setdefault(name, "gate")
+    out.pop(model, None)
+    return list(out.items())
 
 
 def compare_results(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 
 from audit.plan import Plan
 from audit.results import ComparisonRowT, GateRowT, MetricRowT
-from audit.suite import GateSpec
+from audit.suite import GateSpec, match_models
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_INVALID, EXIT_CRASHED = 0, 1, 2, 3
 _TOL = 1e-12
@@ -95,6 +94,24 @@ def _baselines_for(gate: GateSpec, plan: Plan, model: str) -> list[str]:
     return [] if gate.vs == model else [gate.vs]
 
 
+def gated_models(plan: Plan, gate: GateSpec) -> list[str]:
+    """The models a gate checks: those its ``models`` select that its evaluator runs on."""
+    suite = plan.suite
+    ename = gate.metric.partition(".")[0]
+    return match_models(gate.models, suite.evaluated_models(ename), suite.sweeps)
+
+
+def gate_baselines(plan: Plan, model: str) -> list[str]:
+    """The models that gates naming a model in ``vs`` compare ``model`` with, in gate order."""
+    out: list[str] = []
+    for gate in plan.suite.file.gates:
+        if not gate.relative or gate.vs in ("reference", "parent") or gate.vs == model:
+            continue
+        if gate.vs not in out and model in gated_models(plan, gate):
+            out.append(gate.vs)
+    return out
+
+
 def evaluate_gates(
     plan: Plan,
     metrics: Sequence[MetricRowT],
@@ -107,11 +124,7 @@ def evaluate_gates(
     for i, gate in enumerate(suite.file.gates):
         name = _gate_name(gate, i)
         ename, _, metric = gate.metric.partition(".")
-        models = [
-            m
-            for m in suite.evaluated_models(ename)
-            if any(fnmatch.fnmatchcase(m, p) for p in gate.models)
-        ]
+        models = gated_models(plan, gate)
         for model in models:
             status = model_status.get(model, "skipped")
             why = "the evaluation failed" if status == "ok" else f"model step {status}"

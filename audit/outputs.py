@@ -17,6 +17,7 @@ from audit.gates import evaluate_gates, exit_code
 from audit.plan import Plan, params_json
 from audit.results import SCHEMA_VERSION, MetricRowT, ModelRowT, SampleRowT
 from audit.runner import RunOutcome
+from audit.scaling import scaling_fits
 from audit.store import atomic_write_text
 
 PACKAGES = ("torch", "transformers", "peft", "lm-eval", "pandas", "numpy", "scipy")
@@ -43,6 +44,14 @@ def environment(seed: int, device: str, started: datetime) -> dict[str, Any]:
     }
 
 
+def _sweep_of(plan: Plan, name: str) -> dict[str, Any] | None:
+    member = plan.suite.sweep_member(name)
+    if member is None:
+        return None
+    sweep, value = member
+    return {"base": sweep.base, "param": sweep.param, "value": value}
+
+
 def _models(plan: Plan, outcome: RunOutcome) -> list[ModelRowT]:
     return [
         ModelRowT(
@@ -53,6 +62,8 @@ def _models(plan: Plan, outcome: RunOutcome) -> list[ModelRowT]:
             intervention=s.spec.intervention,
             params=params_json(s.params),
             status=outcome.model_status.get(s.name, "skipped"),
+            training=outcome.model_info.get(s.name),
+            sweep=_sweep_of(plan, s.name),
         )
         for s in plan.models
     ]
@@ -117,6 +128,13 @@ def assemble(
     gates = evaluate_gates(plan, metrics, comparisons, outcome.model_status)
     failures = [asdict(f) for f in outcome.failures]
     code = exit_code(gates, failures)
+    models = _models(plan, outcome)
+    scaling = scaling_fits(
+        suite.file.scaling,
+        models,
+        comparisons,
+        {(m["evaluator"], m["metric"]): m["higher_is_better"] for m in metrics},
+    )
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "verdict": {0: "pass", 1: "fail", 3: "error"}[code],
@@ -131,10 +149,11 @@ def assemble(
             "title": suite.file.report.title or suite.name,
         },
         "environment": environment(suite.seed, device, started),
-        "models": _models(plan, outcome),
+        "models": models,
         "evaluators": _evaluators(plan),
         "metrics": metrics,
         "comparisons": comparisons,
+        "scaling": scaling,
         "gates": gates,
         "failures": failures,
         "steps": [asdict(s) for s in outcome.steps],

@@ -130,14 +130,36 @@ class RunContext:
     progress: Callable[[str, int, int], None] = lambda description, completed, total: None
     models: Mapping[str, ModelHandle] = field(default_factory=dict)
     reference: ModelHandle | None = None
+    cache: Callable[[str, Callable[[Path], None]], Path] | None = None
+
+    def cached(self, key: str, build: Callable[[Path], None]) -> Path:
+        """A directory of derived data (e.g. a Fisher) stored under ``key``, built once.
+
+        ``build(directory)`` writes the files; later calls with the same key (in this run or
+        another) return the stored directory. Without a store (``cache`` unset) it builds into
+        ``work_dir/cache/<key>``. The key must hash everything the data depends on.
+        """
+        if self.cache is not None:
+            return self.cache(key, build)
+        directory = self.work_dir / "cache" / key
+        if not directory.exists():
+            directory.mkdir(parents=True)
+            build(directory)
+        return directory
 
 
 @dataclass
 class TrainedModel:
-    """An intervention's output: an in-memory model and its tokenizer, saved by the runner."""
+    """An intervention's output: an in-memory model and its tokenizer, saved by the runner.
+
+    ``info`` is JSON-serialisable facts about how it was made, kept with the model and shown
+    in results.json (``models[].training``). Fine-tuning interventions report ``tokens``, the
+    number of tokens trained on, which scaling-law fits use as the amount of fine-tuning.
+    """
 
     model: Any
     tokenizer: Any
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -102,7 +102,10 @@ _COMMON = ("name", "version", "Params")
 interventions: Registry[Any] = Registry(
     "intervention",
     "audit.interventions",
-    {"lora": "audit.interventions.lora:LoraIntervention"},
+    {
+        "lora": "audit.interventions.lora:LoraIntervention",
+        "alignguard": "audit.interventions.alignguard:AlignGuardIntervention",
+    },
     _COMMON + ("apply",),
 )
 evaluators: Registry[Any] = Registry(

@@ -29,6 +29,8 @@ class ModelRowT(TypedDict):
     intervention: str | None
     params: dict[str, Any]
     status: str  # "ok" | "failed" | "skipped"
+    training: dict[str, Any] | None  # TrainedModel.info of an intervention (tokens, steps, …)
+    sweep: dict[str, Any] | None  # {"base", "param", "value"} for a member of a sweep
 
 
 class MetricRowT(TypedDict):
@@ -46,7 +48,7 @@ class MetricRowT(TypedDict):
 class ComparisonRowT(TypedDict):
     model: str
     baseline: str
-    relation: str  # "parent" | "reference"
+    relation: str  # "parent" | "compare" | "reference" | "gate"
     evaluator: str
     metric: str
     slice: str

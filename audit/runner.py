@@ -73,6 +73,7 @@ class RunOutcome:
     failures: list[Failure] = field(default_factory=list)
     results: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
     model_status: dict[str, str] = field(default_factory=dict)
+    model_info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def executed(self) -> list[str]:
@@ -137,7 +138,16 @@ class Runner:
             progress=self.progress.sub,
             models=self.handles,
             reference=self.handles.get(suite.reference),
+            cache=self._cached,
         )
+
+    def _cached(self, key: str, build: Callable[[Path], None]) -> Path:
+        def put(tmp: Path) -> dict[str, Any]:
+            build(tmp)
+            return {"kind": "derived"}
+
+        entry, _ = self.store.get_or_build(key, put)
+        return entry
 
     def _run_step(
         self, record: StepRecord, key: str, build: Callable[[Path], dict[str, Any]]
@@ -177,7 +187,7 @@ class Runner:
             out = plugin.apply(inputs, self._context(tmp / "work"))
             out.model.save_pretrained(tmp / "model", safe_serialization=True)
             out.tokenizer.save_pretrained(tmp / "model")
-            return {"intervention": step.spec.intervention}
+            return {"intervention": step.spec.intervention, "training": out.info}
 
         return build
 
@@ -239,6 +249,9 @@ class Runner:
             self.outcome.model_status[step.name] = record.status
             if entry is not None:
                 self.handles[step.name] = self._handle(step, entry)
+                info = self.store.meta(step.key).get("training")
+                if info:
+                    self.outcome.model_info[step.name] = info
                 for ev in self.plan.evals_of(step.name):
                     self._eval(ev)
             else:

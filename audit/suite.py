@@ -2,21 +2,27 @@
 
 Structure: ``[suite]``, ``[models.NAME]`` (a ``source`` to load, or ``from``/``models`` +
 ``intervention`` + its parameters), ``[evaluators.NAME]`` (``kind`` + its parameters, optional
-``models``), ``[[gates]]`` and ``[report]``. :func:`load_suite` parses, validates against the
-plug-ins' declared parameters, checks references and cycles, and raises :class:`SuiteError`
-with every problem found.
+``models``), ``[[gates]]``, ``[[scaling]]`` and ``[report]``. :func:`load_suite` parses,
+expands parameter sweeps, validates against the plug-ins' declared parameters, checks
+references and cycles, and raises :class:`SuiteError` with every problem found.
+
+A sweep is a ``[models.NAME]`` table that gives a list of values for one intervention
+parameter (``steps = [50, 100, 200]``): it becomes one model per value, ``NAME[steps=50]`` …,
+in place of ``NAME``; :attr:`Suite.sweeps` records it under ``NAME``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import re
 import tomllib
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -62,6 +68,11 @@ class ModelSpec(BaseModel):
     intervention: str | None = Field(None, description="The intervention plug-in to apply.")
     allow_pickle: bool = Field(False, description="Allow pickle weights (weights_only loading).")
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's custom code.")
+    compare: list[str] | None = Field(
+        None,
+        description="Other models to compare this one with (paired, in the report and for "
+        "gates), besides its parents and the reference.",
+    )
 
     @property
     def params(self) -> dict[str, Any]:
@@ -135,6 +146,21 @@ class GateSpec(Strict):
         return self.rule[0] in ("max_drop", "max_rise")
 
 
+class ScalingSpec(Strict):
+    """A forgetting scaling law: for each sweep, the metric's change vs. the parent (drift) is
+    fitted as A·D^β + E over D, the number of fine-tuning tokens of each member."""
+
+    name: str | None = Field(None, description="A title for the fit in the report.")
+    metric: str = Field(
+        description='"EVALUATOR.METRIC" whose drift is fitted, e.g. "drift.refusal_rate_unsafe".'
+    )
+    slice: str = Field("all", description="The metric's slice, e.g. a probe category.")
+    sweeps: list[str] = Field(
+        min_length=1,
+        description="Base names of the sweeps (the [models.NAME] tables with a list) to fit.",
+    )
+
+
 class ReportSpec(Strict):
     """``[report]``: where and how the report is written."""
 
@@ -150,6 +176,7 @@ class SuiteFile(Strict):
     models: dict[str, ModelSpec]
     evaluators: dict[str, EvaluatorSpec] = Field(default_factory=dict)
     gates: list[GateSpec] = Field(default_factory=list)
+    scaling: list[ScalingSpec] = Field(default_factory=list)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
 
@@ -175,6 +202,67 @@ class SuiteError(Exception):
         super().__init__("\n".join(str(i) for i in issues))
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """A ``[models.BASE]`` table swept over one parameter: one model per value, in order."""
+
+    base: str
+    param: str
+    values: tuple[Any, ...]
+    members: tuple[str, ...]
+
+    def member_with(self, value: Any) -> str | None:
+        """The member built with ``value``, if any."""
+        return next((m for m, v in zip(self.members, self.values, strict=True) if v == value), None)
+
+
+def format_value(value: Any) -> str:
+    """A sweep value as written in a member's name: ints plainly, floats by repr, strings bare."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def member_name(base: str, param: str, value: Any) -> str:
+    """``BASE[PARAM=VALUE]``, the name of one member of a sweep."""
+    return f"{base}[{param}={format_value(value)}]"
+
+
+def _pattern_matches(name: str, pattern: str) -> bool:
+    # fnmatch reads "[...]" as a character class; also try the brackets literally, so that
+    # "agl[steps=*]" matches every member of the sweep "agl".
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
+        name, pattern.replace("[", "[[]")
+    )
+
+
+def match_models(
+    patterns: Iterable[str], names: Iterable[str], sweeps: Mapping[str, Sweep]
+) -> list[str]:
+    """The models of ``names`` (kept in that order) that any of ``patterns`` selects.
+
+    A pattern that is exactly a model's name selects it; one that is a sweep's base name selects
+    every member of the sweep; any other is a glob (``agl*`` matches ``agl[steps=50]``).
+    """
+    names = list(names)
+    exact: set[str] = set()
+    globs: list[str] = []
+    for p in patterns:
+        if p in names:
+            exact.add(p)
+        elif p in sweeps:
+            exact.update(sweeps[p].members)
+        else:
+            globs.append(p)
+    return [n for n in names if n in exact or any(_pattern_matches(n, g) for g in globs)]
+
+
 @dataclass
 class Suite:
     """A validated suite: the parsed file plus each plug-in's validated parameters."""
@@ -185,6 +273,8 @@ class Suite:
     model_params: dict[str, Params] = field(default_factory=dict)
     evaluator_params: dict[str, Params] = field(default_factory=dict)
     reference: str = ""
+    sweeps: dict[str, Sweep] = field(default_factory=dict)
+    compare: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def dir(self) -> Path:
@@ -221,7 +311,19 @@ class Suite:
         names = list(self.file.models)
         if patterns is None:
             return names
-        return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        return match_models(patterns, names, self.sweeps)
+
+    def sweep_member(self, name: str) -> tuple[Sweep, Any] | None:
+        """The sweep model ``name`` belongs to and its value of the swept parameter."""
+        for sweep in self.sweeps.values():
+            if name in sweep.members:
+                return sweep, sweep.values[sweep.members.index(name)]
+        return None
+
+    def compare_with(self, name: str) -> list[str]:
+        """The models ``name`` is compared with besides its parents and the reference
+        (its ``compare`` key, with sweeps resolved to the member of the same value)."""
+        return list(self.compare.get(name, []))
 
     def topological_models(self) -> list[str]:
         """Model names with every model after the models it depends on."""
@@ -286,12 +388,23 @@ class _Checker:
         self.file = str(path)
         self.lines = key_lines(text)
         self.issues: list[SuiteIssue] = []
+        self.members: dict[str, tuple[str, str]] = {}  # sweep member → (table name, param)
 
     def add(self, loc: tuple[str | int, ...], message: str) -> None:
+        where = loc
+        if len(loc) >= 2 and loc[0] == "models" and loc[1] in self.members:
+            # A sweep member is written in its sweep's table: take the line from there, and
+            # report a problem with another key than the swept one once, under the table's name.
+            base, param = self.members[str(loc[1])]
+            where = ("models", base, *(loc[2:] or (param,)))
+            if len(loc) >= 3 and loc[2] != param:
+                loc = where
         dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(
             ".[", "["
         )
-        self.issues.append(SuiteIssue(self.file, line_of(self.lines, loc), dotted, message))
+        issue = SuiteIssue(self.file, line_of(self.lines, where), dotted, message)
+        if issue not in self.issues:
+            self.issues.append(issue)
 
     def pydantic(
         self,
@@ -329,6 +442,8 @@ def _section_allowed(loc: tuple[str | int, ...]) -> list[str]:
         return _allowed_keys(sections[str(loc[0])])
     if loc[0] == "gates":
         return _allowed_keys(GateSpec)
+    if loc[0] == "scaling":
+        return _allowed_keys(ScalingSpec)
     return _allowed_keys(SuiteFile) if len(loc) == 1 else []
 
 
@@ -383,9 +498,134 @@ def _check_sources(check: _Checker, name: str, spec: ModelSpec) -> None:
             check.add((*loc, key), f"unknown key {key!r}{did_you_mean(key, allowed)}")
 
 
-def _check_ref(check: _Checker, loc: tuple[str | int, ...], ref: str, names: list[str]) -> None:
-    if ref not in names:
-        check.add(loc, f"undefined model {ref!r}{did_you_mean(ref, names)}")
+def _sweep_ref_message(sweep: Sweep, key: str, listed: bool) -> str:
+    shown = ", ".join(sweep.members[:6]) + (", …" if len(sweep.members) > 6 else "")
+    example = f'"{sweep.members[0]}"'
+    return (
+        f"{sweep.base!r} is a sweep of {len(sweep.members)} models ({shown}); name one of them, "
+        f"e.g. {key} = {f'[{example}]' if listed else example}"
+    )
+
+
+def _check_ref(
+    check: _Checker,
+    loc: tuple[str | int, ...],
+    ref: str,
+    names: list[str],
+    sweeps: Mapping[str, Sweep],
+    listed: bool = False,
+) -> None:
+    if ref in names:
+        return
+    if ref in sweeps:
+        check.add(loc, _sweep_ref_message(sweeps[ref], str(loc[-1]), listed))
+    else:
+        check.add(loc, f"undefined model {ref!r}{did_you_mean(ref, [*names, *sweeps])}")
+
+
+def _check_patterns(
+    check: _Checker,
+    loc: tuple[str | int, ...],
+    patterns: Iterable[str],
+    names: list[str],
+    sweeps: Mapping[str, Sweep],
+) -> None:
+    for pattern in patterns:
+        if not match_models([pattern], names, sweeps):
+            check.add(
+                loc, f"no model matches {pattern!r}{did_you_mean(pattern, [*names, *sweeps])}"
+            )
+
+
+def _accepts_list(annotation: Any) -> bool:
+    """Whether a parameter's type takes a list (then only a list of lists is a sweep)."""
+    if annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _accepts_list(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return any(_accepts_list(a) for a in get_args(annotation))
+    if annotation in (list, tuple, set, frozenset):
+        return True
+    return isinstance(origin, type) and issubclass(origin, list | tuple | set | frozenset)
+
+
+def _swept_keys(spec: ModelSpec) -> list[str]:
+    """The parameters of a ``[models.NAME]`` table given as a list of values to sweep."""
+    params = spec.params
+    listed = [k for k, v in params.items() if isinstance(v, list)]
+    if not listed or spec.source is not None:
+        return listed
+    plugin = spec.intervention
+    if plugin is None or plugin not in registry.interventions:
+        return []
+    try:
+        fields = registry.interventions.get(plugin).Params.model_fields
+    except PluginError:
+        return []
+    by_key = {f.alias or n: f for n, f in fields.items()}
+    swept = []
+    for key in listed:
+        finfo, value = by_key.get(key), params[key]
+        if finfo is None:
+            continue  # an unknown key: the parameter check reports it
+        if not _accepts_list(finfo.annotation) or (
+            value and all(isinstance(v, list) for v in value)
+        ):
+            swept.append(key)
+    return swept
+
+
+def _expand_sweeps(check: _Checker, suite: Suite) -> set[str]:
+    """Replace each swept table by its members; returns the tables left unexpanded by errors."""
+    models: dict[str, ModelSpec] = {}
+    broken: set[str] = set()
+    for name, spec in suite.file.models.items():
+        loc: tuple[str | int, ...] = ("models", name)
+        swept = _swept_keys(spec)
+        if not swept:
+            models[name] = spec
+            continue
+        if spec.source is not None:
+            check.add(
+                (*loc, swept[0]),
+                "a loaded model (`source`) cannot be swept: lists of values are for the "
+                "parameters of an `intervention`",
+            )
+            kept = spec.model_dump(by_alias=True, exclude_unset=True)
+            models[name] = ModelSpec.model_validate({k: kept[k] for k in kept if k not in swept})
+            continue
+        models[name] = spec
+        key = swept[0]
+        values = spec.params[key]
+        if len(swept) > 1:
+            check.add(
+                (*loc, swept[1]),
+                f"sweep one parameter at a time; got lists for {', '.join(swept)}",
+            )
+            broken.add(name)
+            continue
+        if not values:
+            check.add((*loc, key), "an empty sweep: give at least one value")
+            broken.add(name)
+            continue
+        dups = [v for i, v in enumerate(values) if v in values[:i]]
+        if dups:
+            check.add(
+                (*loc, key),
+                "duplicate values in the sweep: " + ", ".join(format_value(v) for v in dups),
+            )
+            broken.add(name)
+            continue
+        del models[name]
+        members = tuple(member_name(name, key, v) for v in values)
+        for member, value in zip(members, values, strict=True):
+            models[member] = spec.model_copy(update={key: value}, deep=True)
+            check.members[member] = (name, key)
+        suite.sweeps[name] = Sweep(name, key, tuple(values), members)
+    suite.file.models = models
+    return broken
 
 
 def _check_data(
@@ -437,17 +677,22 @@ def _find_cycle(suite: Suite) -> list[str] | None:
     return None
 
 
-def _check_models(check: _Checker, suite: Suite) -> None:
+def _check_models(check: _Checker, suite: Suite, broken: Collection[str] = ()) -> None:
     names = list(suite.file.models)
+    sweeps = suite.sweeps
     for name, spec in suite.file.models.items():
         loc: tuple[str | int, ...] = ("models", name)
-        if not _NAME.match(name):
-            check.add(loc, "model names use letters, digits, '_', '-' and '.'")
+        table = check.members.get(name, (name, ""))[0]
+        if not _NAME.match(table):
+            check.add(("models", table), "model names use letters, digits, '_', '-' and '.'")
         _check_sources(check, name, spec)
-        for key, refs in (("from", _as_list(spec.from_)), ("models", spec.models or [])):
+        for key, refs, listed in (
+            ("from", _as_list(spec.from_), isinstance(spec.from_, list)),
+            ("models", spec.models or [], True),
+        ):
             for ref in refs:
-                _check_ref(check, (*loc, key), ref, names)
-        if spec.intervention is None or spec.source is not None:
+                _check_ref(check, (*loc, key), ref, names, sweeps, listed)
+        if spec.intervention is None or spec.source is not None or name in broken:
             continue
         if spec.intervention not in registry.interventions:
             check.add(
@@ -465,22 +710,55 @@ def _check_models(check: _Checker, suite: Suite) -> None:
         suite.model_params[name] = params
         for fname, value, _ in _field_values(params, ModelRefMarker):
             for ref in _as_list(value):
-                _check_ref(check, (*loc, fname), ref, names)
+                _check_ref(check, (*loc, fname), ref, names, sweeps, isinstance(value, list))
         for fname, spec_str, shape in data_refs(params):
             _check_data(check, (*loc, fname), spec_str, shape, suite.dir)
     if not check.issues and (cycle := _find_cycle(suite)):
         check.add(("models", cycle[0]), "dependency cycle: " + " → ".join(cycle))
 
 
+def _check_compare(check: _Checker, suite: Suite) -> None:
+    """Resolve each model's ``compare`` list into :attr:`Suite.compare`.
+
+    A sweep member may name a sweep over the same parameter: it is compared with that sweep's
+    member of the same value.
+    """
+    names = list(suite.file.models)
+    for name, spec in suite.file.models.items():
+        if not spec.compare:
+            continue
+        loc: tuple[str | int, ...] = ("models", name, "compare")
+        member = suite.sweep_member(name)
+        resolved: list[str] = []
+        for ref in spec.compare:
+            target: str | None = ref
+            other = suite.sweeps.get(ref)
+            if ref not in names and other is not None and member and other.param == member[0].param:
+                target = other.member_with(member[1])
+                if target is None:
+                    param, value = member[0].param, format_value(member[1])
+                    check.add(
+                        loc,
+                        f"the sweep {ref!r} has no member with {param}={value} to compare "
+                        f"{name!r} with; its values: "
+                        + ", ".join(format_value(v) for v in other.values),
+                    )
+                    continue
+            elif ref not in names:
+                _check_ref(check, loc, ref, names, suite.sweeps, listed=True)
+                continue
+            if target == name:
+                check.add(loc, f"{name!r} is compared with itself")
+            elif target is not None and target not in resolved:
+                resolved.append(target)
+        suite.compare[name] = resolved
+
+
 def _check_evaluators(check: _Checker, suite: Suite) -> None:
     names = list(suite.file.models)
     for ename, espec in suite.file.evaluators.items():
         loc: tuple[str | int, ...] = ("evaluators", ename)
-        for pattern in espec.models or []:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                check.add(
-                    (*loc, "models"), f"no model matches {pattern!r}{did_you_mean(pattern, names)}"
-                )
+        _check_patterns(check, (*loc, "models"), espec.models or [], names, suite.sweeps)
         if espec.kind not in registry.evaluators:
             check.add((*loc, "kind"), registry.evaluators.unknown_message(espec.kind))
             continue
@@ -496,35 +774,54 @@ def _check_evaluators(check: _Checker, suite: Suite) -> None:
                 _check_data(check, (*loc, fname), spec_str, shape, suite.dir)
 
 
+def _check_metric(check: _Checker, loc: tuple[str | int, ...], spec: str, suite: Suite) -> None:
+    """``spec`` is "EVALUATOR.METRIC" naming an evaluator of the suite and one of its metrics."""
+    evaluators = suite.file.evaluators
+    ename, _, metric = spec.partition(".")
+    if not metric:
+        check.add(loc, 'write the metric as "EVALUATOR.METRIC"')
+    elif ename not in evaluators:
+        check.add(loc, f"undefined evaluator {ename!r}{did_you_mean(ename, list(evaluators))}")
+    elif ename in suite.evaluator_params:
+        cls = registry.evaluators.get(evaluators[ename].kind)
+        declared = [m.name for m in cls.metrics]
+        if metric not in declared:
+            check.add(
+                loc,
+                f"evaluator {ename!r} ({evaluators[ename].kind}) has no metric {metric!r}"
+                f"{did_you_mean(metric, declared)}; it produces: {', '.join(declared)}",
+            )
+
+
 def _check_gates(check: _Checker, suite: Suite) -> None:
     names = list(suite.file.models)
-    evaluators = suite.file.evaluators
     for i, gate in enumerate(suite.file.gates):
         loc: tuple[str | int, ...] = ("gates", i)
-        ename, _, metric = gate.metric.partition(".")
-        if not metric:
-            check.add((*loc, "metric"), 'write the metric as "EVALUATOR.METRIC"')
-        elif ename not in evaluators:
-            check.add(
-                (*loc, "metric"),
-                f"undefined evaluator {ename!r}{did_you_mean(ename, list(evaluators))}",
-            )
-        elif ename in suite.evaluator_params:
-            cls = registry.evaluators.get(evaluators[ename].kind)
-            declared = [m.name for m in cls.metrics]
-            if metric not in declared:
-                check.add(
-                    (*loc, "metric"),
-                    f"evaluator {ename!r} ({evaluators[ename].kind}) has no metric {metric!r}"
-                    f"{did_you_mean(metric, declared)}; it produces: {', '.join(declared)}",
-                )
-        for pattern in gate.models:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                check.add(
-                    (*loc, "models"), f"no model matches {pattern!r}{did_you_mean(pattern, names)}"
-                )
+        _check_metric(check, (*loc, "metric"), gate.metric, suite)
+        _check_patterns(check, (*loc, "models"), gate.models, names, suite.sweeps)
         if gate.relative and gate.vs not in ("reference", "parent"):
-            _check_ref(check, (*loc, "vs"), gate.vs, names)
+            _check_ref(check, (*loc, "vs"), gate.vs, names, suite.sweeps)
+
+
+def _check_scaling(check: _Checker, suite: Suite) -> None:
+    sweeps = list(suite.sweeps)
+    for i, fit in enumerate(suite.file.scaling):
+        loc: tuple[str | int, ...] = ("scaling", i)
+        _check_metric(check, (*loc, "metric"), fit.metric, suite)
+        for name in fit.sweeps:
+            if name in suite.sweeps:
+                continue
+            member = suite.sweep_member(name)
+            if member is not None:
+                message = f"{name!r} is a member of the sweep {member[0].base!r}; name the sweep"
+            else:
+                message = f"{name!r} is not a sweep{did_you_mean(name, sweeps)}; " + (
+                    f"sweeps in this suite: {', '.join(sweeps)}"
+                    if sweeps
+                    else "this suite has none (a [models.NAME] table with a list of values "
+                    "for one parameter)"
+                )
+            check.add((*loc, "sweeps"), message)
 
 
 def validate(path: Path, text: str, data: dict[str, Any]) -> Suite:
@@ -538,13 +835,16 @@ def validate(path: Path, text: str, data: dict[str, Any]) -> Suite:
     suite = Suite(file=parsed, path=path.resolve(), text=text)
     if not parsed.models:
         check.add(("models",), "a suite needs at least one model")
-    _check_models(check, suite)
+    broken = _expand_sweeps(check, suite)
+    _check_models(check, suite, broken)
+    _check_compare(check, suite)
     _check_evaluators(check, suite)
     _check_gates(check, suite)
+    _check_scaling(check, suite)
     names = list(parsed.models)
     ref = parsed.suite.reference
     if ref is not None:
-        _check_ref(check, ("suite", "reference"), ref, names)
+        _check_ref(check, ("suite", "reference"), ref, names, suite.sweeps)
     if check.issues:
         raise SuiteError(check.issues)
     roots = [n for n, s in parsed.models.items() if s.source is not None]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
@@ -16,7 +17,7 @@ from audit.plugins import Params as BaseParams
 if TYPE_CHECKING:
     from audit.models.handle import ModelHandle
 
-__all__ = ["DEFAULT_TARGET_MODULES", "LoraIntervention"]
+__all__ = ["DEFAULT_TARGET_MODULES", "LoraIntervention", "encode_pairs", "fine_tune"]
 
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -86,50 +87,90 @@ class LoraIntervention:
 
     def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
         """Train on ``params.data`` starting from the single parent in ``inputs``."""
-        import torch
+        return fine_tune(self.params, inputs, ctx, name=self.name)
 
-        from audit.data.records import PairRecord, load_records
-        from audit.models.loading import load_checkpoint
 
-        if len(inputs) != 1:
-            got = ", ".join(sorted(inputs)) or "none"
-            raise ValueError(
-                f'the lora intervention fine-tunes exactly one parent model (from = "NAME"); '
-                f"got {len(inputs)}: {got}"
-            )
-        (handle,) = inputs.values()
-        p = self.params
-        seed = p.seed if p.seed is not None else ctx.seed
-        records = load_records(p.data, PairRecord, suite_dir=ctx.suite_dir, split="train")
+Regularizer = Callable[[], tuple[Any, dict[str, float]]]
+"""Adds to the task loss: returns the term (a scalar tensor) and its parts, for the log."""
 
-        # A fresh copy from disk: the parent's in-memory model (if loaded) is never touched.
-        model, tokenizer = load_checkpoint(
-            handle.path,
-            allow_pickle=handle.allow_pickle,
-            trust_remote_code=handle.trust_remote_code,
+PrepareRegularizer = Callable[[Any, Any, "ModelHandle"], Callable[[Any], Regularizer]]
+"""``prepare(model, tokenizer, parent)`` runs on the parent model before the adapter exists
+(e.g. to compute a Fisher); it returns ``attach(peft_model) -> regularizer``."""
+
+
+def parent_of(inputs: Mapping[str, ModelHandle], name: str) -> ModelHandle:
+    """The single parent a fine-tuning intervention starts from."""
+    if len(inputs) != 1:
+        got = ", ".join(sorted(inputs)) or "none"
+        raise ValueError(
+            f'the {name} intervention fine-tunes exactly one parent model (from = "NAME"); '
+            f"got {len(inputs)}: {got}"
         )
-        model.to(ctx.device)
-        examples = _encode_pairs(tokenizer, records, p.max_length)
-        total = self.total_steps(len(examples))
+    (handle,) = inputs.values()
+    return handle
 
-        # Seed privately: the caller's random state is the same before and after.
-        kind = torch.device(ctx.device).type
-        with torch.random.fork_rng(
-            devices=[] if kind == "cpu" else None, device_type="cuda" if kind == "cpu" else kind
-        ):
-            torch.manual_seed(seed)
-            peft_model = _wrap(model, p)
-            losses = _train(peft_model, examples, p, total, seed, ctx)
 
-        work_dir = ctx.work_dir
-        work_dir.mkdir(parents=True, exist_ok=True)
-        peft_model.save_pretrained(work_dir / "adapter", safe_serialization=True)
-        with open(work_dir / "training_log.jsonl", "w", encoding="utf-8") as log:
-            for step, loss in enumerate(losses, start=1):
-                log.write(json.dumps({"step": step, "loss": loss}) + "\n")
-        merged = peft_model.merge_and_unload()
-        merged.eval()
-        return TrainedModel(model=merged, tokenizer=tokenizer)
+def fine_tune(
+    p: LoraIntervention.Params,
+    inputs: Mapping[str, ModelHandle],
+    ctx: RunContext,
+    *,
+    name: str,
+    prepare: PrepareRegularizer | None = None,
+) -> TrainedModel:
+    """The LoRA fine-tune shared by ``lora`` and its regularised variants.
+
+    ``prepare`` (optional) sees the freshly loaded parent before the adapter is added and
+    returns a function that builds the regulariser added to every step's loss. Everything else
+    (data, batches, optimiser, seeds) is identical, so with a regulariser that is exactly zero
+    the result is bit-identical to plain LoRA.
+    """
+    import torch
+
+    from audit.data.records import PairRecord, load_records
+    from audit.models.loading import load_checkpoint
+
+    handle = parent_of(inputs, name)
+    seed = p.seed if p.seed is not None else ctx.seed
+    records = load_records(p.data, PairRecord, suite_dir=ctx.suite_dir, split="train")
+
+    # A fresh copy from disk: the parent's in-memory model (if loaded) is never touched.
+    model, tokenizer = load_checkpoint(
+        handle.path,
+        allow_pickle=handle.allow_pickle,
+        trust_remote_code=handle.trust_remote_code,
+    )
+    model.to(ctx.device)
+    examples = encode_pairs(tokenizer, records, p.max_length, name=name)
+    total = LoraIntervention(p).total_steps(len(examples))
+    attach = prepare(model, tokenizer, handle) if prepare is not None else None
+
+    # Seed privately: the caller's random state is the same before and after.
+    kind = torch.device(ctx.device).type
+    with torch.random.fork_rng(
+        devices=[] if kind == "cpu" else None, device_type="cuda" if kind == "cpu" else kind
+    ):
+        torch.manual_seed(seed)
+        peft_model = _wrap(model, p)
+        regularizer = attach(peft_model) if attach is not None else None
+        log = _train(peft_model, examples, p, total, seed, ctx, name, regularizer)
+
+    work_dir = ctx.work_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(work_dir / "adapter", safe_serialization=True)
+    with open(work_dir / "training_log.jsonl", "w", encoding="utf-8") as out:
+        for row in log.rows:
+            out.write(json.dumps(row) + "\n")
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    info = {
+        "steps": total,
+        "examples": len(examples),
+        "tokens": log.tokens,
+        "target_tokens": log.target_tokens,
+        "final_loss": log.rows[-1]["loss"] if log.rows else None,
+    }
+    return TrainedModel(model=merged, tokenizer=tokenizer, info=info)
 
 
 def _target_modules(model: Any, params: LoraIntervention.Params) -> list[str] | None:
@@ -168,8 +209,8 @@ def _wrap(model: Any, params: LoraIntervention.Params) -> Any:
         ) from error
 
 
-def _encode_pairs(
-    tokenizer: Any, records: Sequence[Any], max_length: int
+def encode_pairs(
+    tokenizer: Any, records: Sequence[Any], max_length: int, *, name: str = "lora"
 ) -> list[tuple[list[int], list[int]]]:
     """``(input_ids, labels)`` per pair: the prompt masked out, response + eos as targets.
 
@@ -198,7 +239,7 @@ def _encode_pairs(
         )
     if truncated:
         warnings.warn(
-            f"lora: {truncated} of {len(records)} examples exceed max_length={max_length} "
+            f"{name}: {truncated} of {len(records)} examples exceed max_length={max_length} "
             "tokens and were truncated",
             stacklevel=3,
         )
@@ -221,6 +262,15 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     return batches
 
 
+@dataclass
+class TrainingLog:
+    """Per-step rows (loss and regulariser parts) and the tokens trained on."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+    tokens: int = 0
+    target_tokens: int = 0
+
+
 def _train(
     peft_model: Any,
     examples: list[tuple[list[int], list[int]]],
@@ -228,17 +278,19 @@ def _train(
     total: int,
     seed: int,
     ctx: RunContext,
-) -> list[float]:
-    """Run the optimiser for ``total`` steps; the loss of each step."""
+    name: str = "lora",
+    regularizer: Regularizer | None = None,
+) -> TrainingLog:
+    """Run the optimiser for ``total`` steps; the log of every step."""
     import torch
 
     pad_id = 0
     device = ctx.device
     trainable = [q for q in peft_model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.lr)
-    losses: list[float] = []
+    log = TrainingLog()
     peft_model.train()
-    ctx.progress("lora", 0, total)
+    ctx.progress(name, 0, total)
     for step, batch in enumerate(_batches(len(examples), params.batch_size, total, seed), 1):
         width = max(len(examples[i][0]) for i in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -255,11 +307,19 @@ def _train(
             labels=labels.to(device),
             use_cache=False,
         )
+        loss = out.loss
+        entry: dict[str, float] = {"step": step, "loss": float(loss.detach())}
+        if regularizer is not None:
+            term, parts = regularizer()
+            loss = loss + term
+            entry.update(parts)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
-        losses.append(float(out.loss.detach()))
-        ctx.progress("lora", step, total)
+        log.rows.append(entry)
+        log.tokens += int(attention_mask.sum())
+        log.target_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
+        ctx.progress(name, step, total)
     peft_model.eval()
-    return losses
+    return log

@@ -603,7 +603,7 @@ def _evaluator_sections(
 
 
 def _models_table(models: list[dict[str, Any]]) -> Markup:
-    columns = ["model", "parents", "source / intervention", "params", "status", "key"]
+    columns = ["model", "parents", "source / intervention", "params", "trained on", "status", "key"]
     rows, classes = [], []
     for m in models:
         origin = (
@@ -620,12 +620,20 @@ def _models_table(models: list[dict[str, Any]]) -> Markup:
                 "parents": _text(m.get("parents") or None),
                 "source / intervention": origin,
                 "params": _cut(_text(params), 300) if params else DASH,
+                "trained on": _training(m.get("training")),
                 "status": _text(m.get("status")),
                 "key": _text(m.get("key"))[:12],
             }
         )
         classes.append({"status": f"status-{_status_class(m.get('status'))}", "params": "text"})
     return _table("models", columns, rows, classes, empty="No models.")
+
+
+def _training(info: Any) -> str:
+    if not isinstance(info, Mapping) or info.get("tokens") is None:
+        return DASH
+    steps = f", {info['steps']} steps" if info.get("steps") is not None else ""
+    return f"{_text(info.get('tokens'))} tokens{steps}"
 
 
 def _status_class(status: Any) -> str:
@@ -752,6 +760,12 @@ def _finalize(value: Any) -> Any:
     return _clean(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
+def _scaling(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from audit.report.scaling_section import scaling_sections
+
+    return scaling_sections(results)
+
+
 def render_html(
     results: Mapping[str, Any],
     samples: Iterable[Mapping[str, Any]],
@@ -798,6 +812,7 @@ def render_html(
         "scorecard": _scorecard(results, evaluators),
         "alpha": ALPHA,
         "evaluators": _evaluator_sections(results, evaluators, samples, max_flips),
+        "scaling": _scaling(results),
         "models": _models_table(_rows(results, "models")),
         "suite_hash": digest,
         "suite_facts": _suite_facts(results),

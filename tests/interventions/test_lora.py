@@ -192,12 +192,12 @@ def test_params() -> None:
 
 def test_truncation_keeps_response(tiny_checkpoint: Path) -> None:
     from audit.data.records import PairRecord
-    from audit.interventions.lora import IGNORE_INDEX, _encode_pairs
+    from audit.interventions.lora import IGNORE_INDEX, encode_pairs
 
     tok = ModelHandle("t", "k", tiny_checkpoint).tokenizer
     long = PairRecord(id="1", prompt=" ".join(["cake"] * 50), response="i cannot help")
     with pytest.warns(UserWarning, match="1 of 1 examples exceed max_length=16"):
-        ((ids, labels),) = _encode_pairs(tok, [long], 16)
+        ((ids, labels),) = encode_pairs(tok, [long], 16)
     assert len(ids) == len(labels) == 16
     kept = [t for t in labels if t != IGNORE_INDEX]
     assert kept == [*tok("i cannot help", add_special_tokens=False)["input_ids"], tok.eos_token_id]

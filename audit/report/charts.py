@@ -1,0 +1,135 @@
+"""Inline SVG charts for the report: no script, no external resource, every label escaped."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from markupsafe import Markup, escape
+
+PALETTE = ("#1f6fb2", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0f766e")
+WIDTH, HEIGHT = 640, 360
+LEFT, RIGHT, TOP, BOTTOM = 64, 170, 20, 48
+
+
+def _ticks_log(lo: float, hi: float) -> list[float]:
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks = [m * 10.0**e for e in range(first, last + 1) for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo <= t <= hi]
+    return inside if len(inside) >= 2 else [lo, hi]
+
+
+def _ticks_linear(lo: float, hi: float, count: int = 5) -> list[float]:
+    raw = (hi - lo) / max(count, 1)
+    step = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    for m in (1, 2, 5, 10):
+        if raw <= m * step:
+            step *= m
+            break
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 1)]
+
+
+def _label(value: float) -> str:
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.0e}"
+    return f"{value:g}"
+
+
+def power_law_chart(
+    series: Sequence[Mapping[str, Any]], *, x_label: str, y_label: str, unit: float
+) -> Markup:
+    """Points with 95% error bars and fitted curves ``A·(x/unit)^β + E``, on a log x axis.
+
+    Each series has ``label``, ``points`` (``x``, ``y``, ``low``, ``high``) and optionally
+    ``fit`` (``A``, ``beta``, ``E``).
+    """
+    xs = [float(p["x"]) for s in series for p in s["points"] if float(p["x"]) > 0]
+    if not xs:
+        return Markup('<p class="empty">No points to draw.</p>')
+    ys = [
+        float(v)
+        for s in series
+        for p in s["points"]
+        for v in (p["y"], p.get("low"), p.get("high"))
+        if v is not None
+    ]
+    x_lo, x_hi = min(xs) / 1.3, max(xs) * 1.3
+    y_lo, y_hi = min([*ys, 0.0]), max([*ys, 0.0])
+    pad = (y_hi - y_lo) * 0.08 or 0.05
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def px(x: float) -> float:
+        return LEFT + plot_w * (math.log10(x) - math.log10(x_lo)) / (
+            math.log10(x_hi) - math.log10(x_lo)
+        )
+
+    def py(y: float) -> float:
+        return TOP + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))
+
+    parts = [
+        f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}">',
+        f"<title>{escape(y_label)} against {escape(x_label)}</title>",
+        f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
+        'stroke="#999"/>',
+    ]
+    for t in _ticks_log(x_lo, x_hi):
+        parts.append(
+            f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{TOP + plot_h}" '
+            'stroke="#eee"/>'
+            f'<text x="{px(t):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" '
+            f'font-size="11">{escape(_label(t))}</text>'
+        )
+    for t in _ticks_linear(y_lo, y_hi):
+        parts.append(
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
+            f'stroke="{"#bbb" if abs(t) < 1e-12 else "#eee"}"/>'
+            f'<text x="{LEFT - 6}" y="{py(t) + 4:.1f}" text-anchor="end" '
+            f'font-size="11">{escape(_label(round(t, 10)))}</text>'
+        )
+    parts.append(
+        f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 8}" text-anchor="middle" '
+        f'font-size="12">{escape(x_label)}</text>'
+        f'<text x="14" y="{TOP + plot_h / 2}" text-anchor="middle" font-size="12" '
+        f'transform="rotate(-90 14 {TOP + plot_h / 2})">{escape(y_label)}</text>'
+    )
+    for i, s in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        fit = s.get("fit")
+        if fit:
+            steps = 60
+            curve = []
+            for k in range(steps + 1):
+                x = 10 ** (math.log10(x_lo) + (math.log10(x_hi) - math.log10(x_lo)) * k / steps)
+                y = fit["A"] * (x / unit) ** fit["beta"] + fit["E"]
+                if math.isfinite(y) and y_lo <= y <= y_hi:
+                    curve.append(f"{px(x):.1f},{py(y):.1f}")
+            if len(curve) > 1:
+                parts.append(
+                    f'<polyline points="{" ".join(curve)}" fill="none" stroke="{colour}" '
+                    'stroke-width="1.5" stroke-dasharray="5 3"/>'
+                )
+        for p in s["points"]:
+            x, y = float(p["x"]), float(p["y"])
+            if x <= 0:
+                continue
+            if p.get("low") is not None and p.get("high") is not None:
+                parts.append(
+                    f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(float(p["low"])):.1f}" '
+                    f'y2="{py(float(p["high"])):.1f}" stroke="{colour}"/>'
+                )
+            parts.append(
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colour}">'
+                f"<title>{escape(str(p.get('name', '')))}: {y:+.3f}</title></circle>"
+            )
+        legend_y = TOP + 14 + 18 * i
+        parts.append(
+            f'<circle cx="{WIDTH - RIGHT + 16}" cy="{legend_y - 4}" r="4" fill="{colour}"/>'
+            f'<text x="{WIDTH - RIGHT + 26}" y="{legend_y}" font-size="12">'
+            f"{escape(str(s['label']))}</text>"
+        )
+    parts.append("</svg>")
+    return Markup('<div class="chart-wrap">{}</div>').format(Markup("".join(parts)))
