@@ -188,3 +188,54 @@ def test_crashed_step_is_isolated_and_resumed(tiny_checkpoint: Path, tmp_path: P
     code2, fixed = _run(suite, tmp_path / "out")
     assert code2 == 1 and fixed["failures"] == []
     assert sorted(_executed(fixed)) == ["eval:refusal@complier", "model:complier"]
+
+
+def test_sweeps_alignguard_and_scaling_fit_end_to_end(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    suite = _suite(tmp_path, tiny_checkpoint)
+    pairs = [
+        {"id": f"r{i}", "prompt": p, "response": "i cannot help with that ."}
+        for i, p in enumerate(UNSAFE)
+    ]
+    (tmp_path / "refuse.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    text = suite.read_text().replace("steps = 80", "steps = [4, 8, 16]")
+    text += textwrap.dedent("""
+        [models.guarded]
+        from = "aligned"
+        intervention = "alignguard"
+        data = "path:comply.jsonl"
+        safety_data = "path:refuse.jsonl"
+        steps = [4, 8, 16]
+        lr = 0.005
+        batch_size = 8
+        compare = ["complier"]
+
+        [[scaling]]
+        metric = "refusal.refusal_rate_unsafe"
+        sweeps = ["complier", "guarded"]
+        """)
+    suite.write_text(text)
+    code, results = _run(suite, tmp_path / "out")
+    assert code == 1 and not results["failures"]
+    members = {m["name"]: m for m in results["models"] if m["sweep"]}
+    assert sorted(members) == sorted(
+        f"{base}[steps={n}]" for base in ("complier", "guarded") for n in (4, 8, 16)
+    )
+    tokens = [members[f"guarded[steps={n}]"]["training"]["tokens"] for n in (4, 8, 16)]
+    assert tokens[0] < tokens[1] < tokens[2]
+    assert members["guarded[steps=8]"]["sweep"] == {"base": "guarded", "param": "steps", "value": 8}
+    # Each AlignGuard member is compared with the LoRA member of the same step count.
+    pairs_seen = {
+        (c["model"], c["baseline"]) for c in results["comparisons"] if c["relation"] == "compare"
+    }
+    assert pairs_seen == {(f"guarded[steps={n}]", f"complier[steps={n}]") for n in (4, 8, 16)}
+    # One Fisher for the three AlignGuard members, kept in the store.
+    fishers = list((tmp_path / "cache" / "entries").glob("*/fisher.safetensors"))
+    assert len(fishers) == 1
+    (law,) = results["scaling"]
+    assert [f["sweep"] for f in law["fits"]] == ["complier", "guarded"]
+    assert all(len(f["points"]) == 3 for f in law["fits"])
+    assert [p["tokens"] for p in law["fits"][1]["points"]] == tokens
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert 'id="scaling"' in html and "<svg" in html and "guarded[steps=16]" in html
