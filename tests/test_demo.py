@@ -15,6 +15,7 @@ DEMO = Path(__file__).resolve().parents[1] / "suites" / "demo.toml"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a cold demo builds the organism and ~30 models: minutes, not hours
 def test_demo_shows_drift_and_fails_its_gate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
