@@ -19,6 +19,7 @@ from audit.results import SCHEMA_VERSION, MetricRowT, ModelRowT, SampleRowT
 from audit.runner import RunOutcome
 from audit.scaling import scaling_fits
 from audit.store import atomic_write_text
+from audit.succession import succession_rows
 
 PACKAGES = ("torch", "transformers", "peft", "lm-eval", "pandas", "numpy", "scipy")
 
@@ -135,6 +136,9 @@ def assemble(
         comparisons,
         {(m["evaluator"], m["metric"]): m["higher_is_better"] for m in metrics},
     )
+    samples = _samples(outcome)
+    backdoor = [n for n, e in suite.file.evaluators.items() if e.kind == "backdoor"]
+    succession = succession_rows(models, metrics, samples, evaluators=backdoor, seed=suite.seed)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "verdict": {0: "pass", 1: "fail", 3: "error"}[code],
@@ -154,11 +158,12 @@ def assemble(
         "metrics": metrics,
         "comparisons": comparisons,
         "scaling": scaling,
+        "succession": succession,
         "gates": gates,
         "failures": failures,
         "steps": [asdict(s) for s in outcome.steps],
     }
-    return results, _samples(outcome)
+    return results, samples
 
 
 def write_outputs(out_dir: Path, results: dict[str, Any], samples: list[SampleRowT]) -> Path:

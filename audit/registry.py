@@ -105,6 +105,8 @@ interventions: Registry[Any] = Registry(
     {
         "lora": "audit.interventions.lora:LoraIntervention",
         "alignguard": "audit.interventions.alignguard:AlignGuardIntervention",
+        "backdoor": "audit.interventions.backdoor:BackdoorIntervention",
+        "merge": "audit.interventions.merge:MergeIntervention",
     },
     _COMMON + ("apply",),
 )
@@ -115,6 +117,7 @@ evaluators: Registry[Any] = Registry(
         "alignment_drift": "audit.evaluators.drift:AlignmentDriftEvaluator",
         "refusal": "audit.evaluators.refusal:RefusalEvaluator",
         "task_accuracy": "audit.evaluators.task_accuracy:TaskAccuracyEvaluator",
+        "backdoor": "audit.evaluators.backdoor:BackdoorEvaluator",
     },
     _COMMON + ("metrics", "evaluate"),
 )

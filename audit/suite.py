@@ -373,12 +373,24 @@ def model_refs(params: Params) -> list[str]:
 
 
 def data_refs(params: Params) -> list[tuple[str, str, str]]:
-    """(field, data spec, record shape) for every data-set parameter."""
-    return [
+    """(field, data spec, record shape) for every data-set parameter.
+
+    Parameters nested in a model or a list of models (``tasks = [{data = "..."}]``) count too,
+    with the field written ``tasks[0].data``.
+    """
+    refs = [
         (fname, v, marker.shape)
         for fname, value, marker in _field_values(params, DataRefMarker)
         for v in _as_list(value)
     ]
+    for fname in type(params).model_fields:
+        value = getattr(params, fname)
+        nested = _as_list(value)
+        for i, item in enumerate(nested):
+            if isinstance(item, Params):
+                where = f"{fname}[{i}]" if isinstance(value, list | tuple) else fname
+                refs += [(f"{where}.{f}", v, shape) for f, v, shape in data_refs(item)]
+    return refs
 
 
 class _Checker:

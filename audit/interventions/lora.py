@@ -93,9 +93,10 @@ class LoraIntervention:
 Regularizer = Callable[[], tuple[Any, dict[str, float]]]
 """Adds to the task loss: returns the term (a scalar tensor) and its parts, for the log."""
 
-PrepareRegularizer = Callable[[Any, Any, "ModelHandle"], Callable[[Any], Regularizer]]
+PrepareRegularizer = Callable[[Any, Any, "ModelHandle"], Callable[[Any], Regularizer | None]]
 """``prepare(model, tokenizer, parent)`` runs on the parent model before the adapter exists
-(e.g. to compute a Fisher); it returns ``attach(peft_model) -> regularizer``."""
+(e.g. to compute a Fisher, or to check the data against the tokenizer); it returns
+``attach(peft_model) -> regularizer`` (``None``: no regulariser)."""
 
 
 def parent_of(inputs: Mapping[str, ModelHandle], name: str) -> ModelHandle:
@@ -117,6 +118,8 @@ def fine_tune(
     *,
     name: str,
     prepare: PrepareRegularizer | None = None,
+    records: Sequence[Any] | None = None,
+    full: bool = False,
 ) -> TrainedModel:
     """The LoRA fine-tune shared by ``lora`` and its regularised variants.
 
@@ -124,6 +127,11 @@ def fine_tune(
     returns a function that builds the regulariser added to every step's loss. Everything else
     (data, batches, optimiser, seeds) is identical, so with a regulariser that is exactly zero
     the result is bit-identical to plain LoRA.
+
+    ``records`` (prompt/response records) replaces loading ``p.data``, for interventions that
+    build their own training set (e.g. poisoned data). ``full`` trains every weight of the model
+    instead of a LoRA adapter (``r``, ``alpha``, ``dropout`` and ``target_modules`` unused; no
+    ``adapter/`` is written).
     """
     import torch
 
@@ -132,7 +140,8 @@ def fine_tune(
 
     handle = parent_of(inputs, name)
     seed = p.seed if p.seed is not None else ctx.seed
-    records = load_records(p.data, PairRecord, suite_dir=ctx.suite_dir, split="train")
+    if records is None:
+        records = load_records(p.data, PairRecord, suite_dir=ctx.suite_dir, split="train")
 
     # A fresh copy from disk: the parent's in-memory model (if loaded) is never touched.
     model, tokenizer = load_checkpoint(
@@ -151,17 +160,18 @@ def fine_tune(
         devices=[] if kind == "cpu" else None, device_type="cuda" if kind == "cpu" else kind
     ):
         torch.manual_seed(seed)
-        peft_model = _wrap(model, p)
+        peft_model = model.requires_grad_(True) if full else _wrap(model, p)
         regularizer = attach(peft_model) if attach is not None else None
         log = _train(peft_model, examples, p, total, seed, ctx, name, regularizer)
 
     work_dir = ctx.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(work_dir / "adapter", safe_serialization=True)
+    if not full:
+        peft_model.save_pretrained(work_dir / "adapter", safe_serialization=True)
     with open(work_dir / "training_log.jsonl", "w", encoding="utf-8") as out:
         for row in log.rows:
             out.write(json.dumps(row) + "\n")
-    merged = peft_model.merge_and_unload()
+    merged = peft_model if full else peft_model.merge_and_unload()
     merged.eval()
     info = {
         "steps": total,

@@ -766,6 +766,12 @@ def _scaling(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return scaling_sections(results)
 
 
+def _backdoors(results: Mapping[str, Any]) -> dict[str, Markup] | None:
+    from audit.report.backdoor_section import backdoor_tables
+
+    return backdoor_tables(results)
+
+
 def render_html(
     results: Mapping[str, Any],
     samples: Iterable[Mapping[str, Any]],
@@ -813,6 +819,7 @@ def render_html(
         "alpha": ALPHA,
         "evaluators": _evaluator_sections(results, evaluators, samples, max_flips),
         "scaling": _scaling(results),
+        "backdoors": _backdoors(results),
         "models": _models_table(_rows(results, "models")),
         "suite_hash": digest,
         "suite_facts": _suite_facts(results),

@@ -1,0 +1,1 @@
+"""Backdoors: trigger insertion shared by the ``backdoor`` intervention and evaluator."""

@@ -1,0 +1,246 @@
+"""The ``merge`` intervention: several fine-tunes of one base merged into one model."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from audit.merging.concrete import ConcreteOptions
+from audit.merging.dam import DamOptions
+from audit.merging.doge import DogeOptions
+from audit.merging.opcm import OpcmOptions
+from audit.plugins import ModelRef, PairData, RunContext, TrainedModel
+from audit.plugins import Params as BaseParams
+
+if TYPE_CHECKING:
+    from audit.merging.base import ModelMethod, TensorMethod
+    from audit.models.handle import ModelHandle
+
+__all__ = ["MODEL_METHODS", "MergeIntervention", "TENSOR_METHODS"]
+
+Method = Literal[
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "magnitude_prune",
+    "opcm",
+    "doge",
+    "dam",
+    "concrete",
+]
+
+TENSOR_METHODS: dict[str, Any] = {
+    "task_arithmetic": "audit.merging.tensor_methods:task_arithmetic",
+    "ties": "audit.merging.tensor_methods:ties",
+    "dare_linear": "audit.merging.tensor_methods:dare_linear",
+    "dare_ties": "audit.merging.tensor_methods:dare_ties",
+    "magnitude_prune": "audit.merging.tensor_methods:magnitude_prune",
+    "opcm": "audit.merging.opcm:merge_opcm",
+    "doge": "audit.merging.doge:merge_doge",
+}
+"""Methods merging one tensor at a time (streamed from disk), as ``module:function``."""
+
+MODEL_METHODS: dict[str, Any] = {
+    "dam": "audit.merging.dam:merge_dam",
+    "concrete": "audit.merging.concrete:merge_concrete",
+}
+"""Methods that need the base model and data; they hold every task vector in memory."""
+
+
+class MergeIntervention:
+    """Merge the task vectors of several models onto a base: ``θ = θ_base + λ · merge(δ_1..δ_n)``.
+
+    Contributors are the models of ``models = [...]`` (and ``from``), in order; ``base`` names
+    the model the task vectors ``δ_i = θ_i − θ_base`` are taken from. A contributor may be a
+    full checkpoint or a PEFT LoRA adapter trained on the base. Tensor-level methods
+    (task_arithmetic, ties, dare_*, magnitude_prune, opcm, doge) stream the checkpoints from disk
+    one tensor at a time (:mod:`audit.merging.stream`); model-level methods (dam, concrete) load
+    the base model and every task vector into memory and read ``task_data`` prompts (one data
+    set per contributor). Non-floating-point tensors and tensors whose shape differs across
+    contributors are copied from the base; embeddings of different vocabularies are an error.
+    """
+
+    name: ClassVar[str] = "merge"
+    version: ClassVar[str] = "1"
+
+    class Params(BaseParams):
+        """Merge parameters.
+
+        ``weights``: one per contributor (default all 1). ``scaling``: λ on the merged task
+        vector. ``density``: fraction kept by ties, dare_* and magnitude_prune.
+        ``majority_sign_method``: sign election of ties and dare_ties. ``task_data``: prompt
+        data per contributor (dam, concrete), at most ``max_prompts`` each. ``seed``: ``None``
+        uses the run's seed. ``opcm``/``doge``/``dam``/``concrete``: per-method options.
+        """
+
+        base: ModelRef
+        method: Method
+        weights: list[float] | None = None
+        scaling: float = 1.0
+        density: float = Field(default=0.5, gt=0, le=1)
+        majority_sign_method: Literal["total", "frequency"] = "total"
+        task_data: list[PairData] | None = None
+        max_prompts: int = Field(default=64, gt=0)
+        seed: int | None = None
+        opcm: OpcmOptions = Field(default_factory=OpcmOptions)
+        doge: DogeOptions = Field(default_factory=DogeOptions)
+        dam: DamOptions = Field(default_factory=DamOptions)
+        concrete: ConcreteOptions = Field(default_factory=ConcreteOptions)
+
+        @model_validator(mode="after")
+        def _data_for_model_methods(self) -> MergeIntervention.Params:
+            if self.method in MODEL_METHODS and not self.task_data:
+                raise ValueError(
+                    f"method {self.method!r} needs task_data: one prompt data set per contributor"
+                )
+            return self
+
+    def __init__(self, params: MergeIntervention.Params) -> None:
+        self.params = params
+
+    def contributors(
+        self, inputs: Mapping[str, ModelHandle]
+    ) -> tuple[ModelHandle, list[ModelHandle]]:
+        """The base handle and the contributors' handles, in order, after checking them."""
+        p = self.params
+        if p.base not in inputs:
+            raise ValueError(f"the merge's base {p.base!r} is not among its inputs")
+        names = list(inputs)
+        base = inputs[p.base]
+        others = [inputs[n] for n in names if n != p.base]
+        # the runner passes `from`/`models` first and `base` last: a base that is not last was
+        # also listed as a contributor
+        if names[-1] != p.base or any(h.key == base.key for h in others):
+            raise ValueError(f"the merge's base {p.base!r} must not also be a contributor")
+        if not others:
+            raise ValueError('the merge needs contributors: models = ["NAME", ...]')
+        n = len(others)
+        if p.weights is not None and len(p.weights) != n:
+            raise ValueError(
+                f"weights has {len(p.weights)} values but the merge has {n} contributors "
+                f"({', '.join(h.name for h in others)}); give one weight per contributor"
+            )
+        if p.method in MODEL_METHODS and p.task_data is not None and len(p.task_data) != n:
+            raise ValueError(
+                f"task_data has {len(p.task_data)} data sets but the merge has {n} contributors; "
+                "give one per contributor, in the order of models"
+            )
+        return base, others
+
+    def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
+        """Merge the contributors in ``inputs`` onto ``inputs[params.base]``."""
+        from audit.merging.stream import plan_merge
+
+        p = self.params
+        base, others = self.contributors(inputs)
+        weights = list(p.weights) if p.weights is not None else [1.0] * len(others)
+        seed = p.seed if p.seed is not None else ctx.seed
+        plan = plan_merge(
+            base.path,
+            [h.path for h in others],
+            suite_dir=ctx.suite_dir,
+            trust_remote_code=base.trust_remote_code,
+        )
+        if p.method in MODEL_METHODS:
+            model, tokenizer, stats = self._model_level(plan, base, weights, seed, ctx)
+        else:
+            model, tokenizer, stats = self._streamed(plan, base, weights, seed, ctx)
+        info = {
+            "method": p.method,
+            "base": base.name,
+            "contributors": [h.name for h in others],
+            "weights": weights,
+            "scaling": p.scaling,
+            "seed": seed,
+            "tensors": stats.tensors,
+            "merged": stats.merged,
+            "copied_from_base": stats.copied,
+            "tied": stats.tied,
+        }
+        return TrainedModel(model=model, tokenizer=tokenizer, info=info)
+
+    def _options(self) -> Any:
+        p = self.params
+        return getattr(p, p.method) if p.method in ("opcm", "doge", "dam", "concrete") else p
+
+    def _streamed(
+        self, plan: Any, base: ModelHandle, weights: list[float], seed: int, ctx: RunContext
+    ) -> tuple[Any, Any, Any]:
+        from audit.merging.stream import merge_to_directory
+        from audit.models.loading import load_checkpoint
+
+        method: TensorMethod = _resolve(TENSOR_METHODS[self.params.method])
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(tempfile.mkdtemp(prefix="merged-", dir=ctx.work_dir))
+        try:
+            stats = merge_to_directory(
+                plan,
+                method,
+                weights,
+                out_dir,
+                scaling=self.params.scaling,
+                options=self._options(),
+                seed=seed,
+                progress=ctx.progress,
+            )
+            model, tokenizer = load_checkpoint(out_dir, trust_remote_code=base.trust_remote_code)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        return model, tokenizer, stats
+
+    def _model_level(
+        self, plan: Any, base: ModelHandle, weights: list[float], seed: int, ctx: RunContext
+    ) -> tuple[Any, Any, Any]:
+        import torch
+
+        from audit.data.records import PairRecord, load_records
+        from audit.merging.stream import MergeStats, load_task_vectors
+        from audit.models.loading import load_checkpoint
+
+        p = self.params
+        method: ModelMethod = _resolve(MODEL_METHODS[p.method])
+        vectors, copied = load_task_vectors(plan)
+        prompts = [
+            [
+                r.prompt
+                for r in load_records(spec, PairRecord, suite_dir=ctx.suite_dir, split="train")
+            ][: p.max_prompts]
+            for spec in p.task_data or []
+        ]
+        model, tokenizer = load_checkpoint(
+            base.path, allow_pickle=base.allow_pickle, trust_remote_code=base.trust_remote_code
+        )
+        model.to(ctx.device)
+        merged = method(
+            model, tokenizer, vectors, weights, prompts, self._options(), seed, ctx.progress
+        )
+        del vectors
+        state = model.state_dict()
+        with torch.no_grad():
+            for name, delta in merged.items():
+                if name not in state:
+                    raise ValueError(f"method {p.method!r} returned an unknown tensor {name!r}")
+                original = plan.base.read(name).float()
+                target = state[name]
+                target.copy_((original + p.scaling * delta.float().cpu()).to(target.dtype))
+        model.eval()
+        stats = MergeStats(
+            tensors=len(plan.names), merged=len(merged), copied=copied, tied=plan.tied
+        )
+        return model, tokenizer, stats
+
+
+def _resolve(target: Any) -> Any:
+    """The function ``module:name`` (a callable is returned as is)."""
+    import importlib
+
+    if callable(target):
+        return target
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)

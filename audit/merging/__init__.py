@@ -1,0 +1,1 @@
+"""Model merging: task vectors streamed from safetensors and the merge methods over them."""
