@@ -138,7 +138,9 @@ def assemble(
     )
     samples = _samples(outcome)
     backdoor = [n for n, e in suite.file.evaluators.items() if e.kind == "backdoor"]
-    succession = succession_rows(models, metrics, samples, evaluators=backdoor, seed=suite.seed)
+    succession = succession_rows(
+        models, metrics, samples, evaluators=backdoor, seed=suite.seed, reference=suite.reference
+    )
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "verdict": {0: "pass", 1: "fail", 3: "error"}[code],

@@ -1,7 +1,10 @@
 """Backdoor succession: how much of a contributor's backdoor a merged model keeps.
 
 For every model with at least two parents (a merge) and every parent (*contributor*) whose
-backdoor works on a slice (ASR > 0 in its metric row), the *succession ratio* is the merged
+backdoor works on a slice — ASR > 0 in its metric row and, when the reference model has a row
+for the same slice, the contributor's interval lies wholly above the reference's (so a clean
+fine-tune whose answers merely drift onto the target is not treated as backdoored) — the
+*succession ratio* is the merged
 model's ASR divided by the contributor's on that slice (one per task, or ``TASK@DATA`` for
 transfer; never ``"all"``, which would mix the contributor's backdoor with the others'), both
 over the items scored on both models (an ASR item counts only where the model's clean answer
@@ -100,6 +103,7 @@ def succession_rows(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    reference: str | None = None,
 ) -> list[SuccessionRowT]:
     """Succession and transfer rows for every merged model × contributor × backdoor slice.
 
@@ -108,6 +112,11 @@ def succession_rows(
     ``backdoor`` evaluators; ``None``: any evaluator with ``asr``/``transfer_asr`` samples).
     """
     values = _values(samples)
+    reference_high = {
+        (m["evaluator"], m["metric"], m["slice"]): m.get("ci_high")
+        for m in metrics
+        if m["model"] == reference and m.get("ci_high") is not None
+    }
     rows: list[SuccessionRowT] = []
     for merged in models:
         if len(merged["parents"]) < 2:
@@ -117,6 +126,10 @@ def succession_rows(
                 if m["model"] != parent or m["metric"] not in KINDS or m["slice"] == "all":
                     continue
                 if not m["value"] > 0:
+                    continue
+                floor = reference_high.get((m["evaluator"], m["metric"], m["slice"]))
+                low = m.get("ci_low")
+                if floor is not None and not (low is not None and low > floor):
                     continue
                 if evaluators is not None and m["evaluator"] not in evaluators:
                     continue

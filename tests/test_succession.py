@@ -89,6 +89,23 @@ def test_no_rows_without_merges_or_for_other_evaluators() -> None:
     assert succession_rows(MODELS, rows_of(data), data, evaluators=["other"]) == []
 
 
+def test_contributors_not_clearly_above_the_reference_are_not_backdoored() -> None:
+    data = (
+        samples("aligned", "asr", "s", [0] * 10)
+        + samples("a", "asr", "s", [1] * 10)
+        + samples("b", "asr", "s", [1] + [0] * 9)  # drifts onto the target once: noise
+        + samples("merged", "asr", "s", [1] * 10)
+    )
+    metrics = rows_of(data)
+    intervals = {"aligned": (0.0, 0.28), "a": (0.72, 1.0), "b": (0.02, 0.40)}
+    for row in metrics:
+        row["ci_low"], row["ci_high"] = intervals.get(row["model"], (0, 1))
+    with_ref = succession_rows(MODELS, metrics, data, reference="aligned")
+    assert [r["contributor"] for r in with_ref] == ["a"]
+    without = succession_rows(MODELS, metrics, data)
+    assert [r["contributor"] for r in without] == ["a", "b"]
+
+
 def test_report_section() -> None:
     data = samples("a", "asr", "s", [1, 1, 1]) + samples("merged", "asr", "s", [1, 0, 1])
     rows = succession_rows(MODELS, rows_of(data), data)
