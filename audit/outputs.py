@@ -13,6 +13,7 @@ from typing import Any
 
 from audit import __version__, registry
 from audit.compare import all_comparisons
+from audit.forgetting import forgetting_rows
 from audit.gates import evaluate_gates, exit_code
 from audit.plan import Plan, params_json
 from audit.results import SCHEMA_VERSION, MetricRowT, ModelRowT, SampleRowT
@@ -141,6 +142,12 @@ def assemble(
     succession = succession_rows(
         models, metrics, samples, evaluators=backdoor, seed=suite.seed, reference=suite.reference
     )
+    lineages = {
+        n: (getattr(params, "lineages", []), getattr(params, "lineage_tasks", []))
+        for n, e in suite.file.evaluators.items()
+        if e.kind == "forgetting" and (params := suite.evaluator_params.get(n)) is not None
+    }
+    forgetting = forgetting_rows(models, samples, lineages, seed=suite.seed)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "verdict": {0: "pass", 1: "fail", 3: "error"}[code],
@@ -161,6 +168,7 @@ def assemble(
         "comparisons": comparisons,
         "scaling": scaling,
         "succession": succession,
+        "forgetting": forgetting,
         "gates": gates,
         "failures": failures,
         "steps": [asdict(s) for s in outcome.steps],

@@ -107,6 +107,10 @@ interventions: Registry[Any] = Registry(
         "alignguard": "audit.interventions.alignguard:AlignGuardIntervention",
         "backdoor": "audit.interventions.backdoor:BackdoorIntervention",
         "merge": "audit.interventions.merge:MergeIntervention",
+        "osft": "audit.interventions.osft:OsftIntervention",
+        "coso": "audit.interventions.coso:CosoIntervention",
+        "somf": "audit.interventions.somf:SomfIntervention",
+        "resta": "audit.interventions.resta:RestaIntervention",
     },
     _COMMON + ("apply",),
 )
@@ -118,6 +122,7 @@ evaluators: Registry[Any] = Registry(
         "refusal": "audit.evaluators.refusal:RefusalEvaluator",
         "task_accuracy": "audit.evaluators.task_accuracy:TaskAccuracyEvaluator",
         "backdoor": "audit.evaluators.backdoor:BackdoorEvaluator",
+        "forgetting": "audit.evaluators.forgetting:ForgettingEvaluator",
     },
     _COMMON + ("metrics", "evaluate"),
 )

@@ -784,6 +784,19 @@ def _check_evaluators(check: _Checker, suite: Suite) -> None:
             suite.evaluator_params[ename] = params
             for fname, spec_str, shape in data_refs(params):
                 _check_data(check, (*loc, fname), spec_str, shape, suite.dir)
+            _check_lineages(check, (*loc, "lineages"), params, suite)
+
+
+def _check_lineages(
+    check: _Checker, loc: tuple[str | int, ...], params: Params, suite: Suite
+) -> None:
+    """Each model chain of a ``lineages`` parameter exists and is a single-parent chain."""
+    from audit.forgetting import lineage_model_problems
+
+    parents = {n: spec.parents for n, spec in suite.file.models.items()}
+    for i, chain in enumerate(getattr(params, "lineages", None) or []):
+        for problem in lineage_model_problems(list(chain), parents):
+            check.add((*loc, i), problem)
 
 
 def _check_metric(check: _Checker, loc: tuple[str | int, ...], spec: str, suite: Suite) -> None:

@@ -290,14 +290,27 @@ def _train(
     ctx: RunContext,
     name: str = "lora",
     regularizer: Regularizer | None = None,
+    *,
+    make_optimizer: Callable[[list[Any]], Any] | None = None,
+    after_backward: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainingLog:
-    """Run the optimiser for ``total`` steps; the log of every step."""
+    """Run the optimiser for ``total`` steps; the log of every step.
+
+    Hooks for full-parameter variants (all ``None``: plain AdamW, as ``lora`` trains):
+    ``make_optimizer(trainable)`` replaces AdamW (needs ``zero_grad`` and ``step``);
+    ``after_backward()`` runs before gradient clipping (e.g. to project the gradients);
+    ``after_step()`` runs after each optimiser step.
+    """
     import torch
 
     pad_id = 0
     device = ctx.device
     trainable = [q for q in peft_model.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=params.lr)
+    if make_optimizer is None:
+        optimizer = torch.optim.AdamW(trainable, lr=params.lr)
+    else:
+        optimizer = make_optimizer(trainable)
     log = TrainingLog()
     peft_model.train()
     ctx.progress(name, 0, total)
@@ -325,8 +338,12 @@ def _train(
             entry.update(parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         log.rows.append(entry)
         log.tokens += int(attention_mask.sum())
         log.target_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())

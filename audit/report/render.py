@@ -772,6 +772,12 @@ def _backdoors(results: Mapping[str, Any]) -> dict[str, Markup] | None:
     return backdoor_tables(results)
 
 
+def _forgetting(results: Mapping[str, Any]) -> list[Any]:
+    from audit.report.forgetting_section import forgetting_sections
+
+    return forgetting_sections(results)
+
+
 def render_html(
     results: Mapping[str, Any],
     samples: Iterable[Mapping[str, Any]],
@@ -820,6 +826,7 @@ def render_html(
         "evaluators": _evaluator_sections(results, evaluators, samples, max_flips),
         "scaling": _scaling(results),
         "backdoors": _backdoors(results),
+        "forgetting": _forgetting(results),
         "models": _models_table(_rows(results, "models")),
         "suite_hash": digest,
         "suite_facts": _suite_facts(results),
