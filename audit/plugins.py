@@ -51,6 +51,8 @@ PairData = Annotated[str, DataRefMarker("pair")]
 """A data set of prompt/response pairs (``path:FILE.jsonl``, ``organism:NAME``, shipped name)."""
 
 ProbeData = Annotated[str, DataRefMarker("probe")]
+SafetyData = Annotated[str, DataRefMarker("safety")]
+"""Prompt/response pairs, or preference records (``prompt``, ``chosen``, ``rejected``)."""
 """A data set of labelled refusal probes."""
 
 

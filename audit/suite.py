@@ -643,7 +643,14 @@ def _expand_sweeps(check: _Checker, suite: Suite) -> set[str]:
 def _check_data(
     check: _Checker, loc: tuple[str | int, ...], spec: str, shape: str, base: Path
 ) -> None:
-    from audit.data.records import DataError, PairRecord, ProbeRecord, read_jsonl, resolve_path
+    from audit.data.records import (
+        DataError,
+        PairRecord,
+        PreferenceRecord,
+        ProbeRecord,
+        read_jsonl,
+        resolve_path,
+    )
 
     if spec.startswith("organism:"):
         from audit.organism.datasets import organism_dataset_names
@@ -660,7 +667,15 @@ def _check_data(
     try:
         path = resolve_path(spec, suite_dir=base)
         if path is not None:
-            read_jsonl(path, ProbeRecord if shape == "probe" else PairRecord)
+            try:
+                read_jsonl(path, ProbeRecord if shape == "probe" else PairRecord)
+            except DataError as pair_error:
+                if shape != "safety":
+                    raise
+                try:  # a preference file (prompt, chosen, rejected) is fine here too
+                    read_jsonl(path, PreferenceRecord)
+                except DataError:
+                    raise pair_error from None
     except DataError as e:
         check.add(loc, str(e))
 

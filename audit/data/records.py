@@ -5,7 +5,9 @@ Every data set is a jsonl file of flat records validated with pydantic; a malfor
 
 - :class:`PairRecord` (``id``, ``prompt``, ``response``): fine-tuning data and task items;
 - :class:`ProbeRecord` (``id``, ``prompt``, ``label`` = unsafe | safe | borderline,
-  ``category``): refusal probes.
+  ``category``): refusal probes;
+- :class:`PreferenceRecord` (``id``, ``prompt``, ``chosen``, ``rejected``): preference data
+  (``somf`` trains with DPO on it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ class PairRecord(Record):
     id: str
     prompt: str
     response: str
+
+
+class PreferenceRecord(Record):
+    """A prompt with a preferred (``chosen``) and a dispreferred (``rejected``) response."""
+
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
 
 
 class ProbeRecord(Record):

@@ -2,8 +2,9 @@
 
 Yi et al., arXiv 2405.09055, reconstructed (see :mod:`audit.merging.safety_mask` for the method
 and what was adapted). ``θ = θ_aligned + Merge({m ⊙ τ_i / mean(m)})`` with ``τ_i = θ_i −
-θ_aligned`` for each input model and ``m`` one binary-Concrete mask learned on refusal pairs.
-DPO on chosen/rejected data is not implemented (cross-entropy on refusal pairs only).
+θ_aligned`` for each input model and ``m`` one binary-Concrete mask learned on refusal pairs
+(cross-entropy), or with DPO on preference records (``prompt``, ``chosen``, ``rejected``; β 0.1,
+the unmasked fusion as reference model).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from audit.plugins import ModelRef, PairData, RunContext, TrainedModel
+from audit.plugins import ModelRef, RunContext, SafetyData, TrainedModel
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
@@ -44,8 +45,11 @@ class SomfIntervention:
         """SOMF parameters.
 
         ``aligned``: the safety-aligned model. ``safety_data``: refusal pairs (``train`` split),
-        cross-entropy on the responses. ``method``: the merge of the masked task vectors (peft
-        methods only; they are differentiable in the mask). ``weights``: one per input model
+        cross-entropy on the responses; or preference records (``prompt``, ``chosen``,
+        ``rejected``), trained with DPO (``dpo_beta`` 0.1) against the unmasked fusion.
+        ``objective``: ``auto`` picks DPO exactly when the data are preference records.
+        ``method``: the merge of the masked task vectors (peft methods only; they are
+        differentiable in the mask). ``weights``: one per input model
         (default 0.3 each, 0.4 for ties/dare_ties). ``density``/``majority_sign_method``: as in
         the merge. ``steps`` (100) Adam steps at ``lr`` (``None``: 1e-3 for one input model,
         1e-2 for several) on ``batch_size`` (16) pairs; Concrete ``temperature`` (0.5).
@@ -55,7 +59,9 @@ class SomfIntervention:
         """
 
         aligned: ModelRef
-        safety_data: PairData
+        safety_data: SafetyData
+        objective: Literal["auto", "ce", "dpo"] = "auto"
+        dpo_beta: float = Field(default=0.1, gt=0)
         method: SomfMethod = "task_arithmetic"
         weights: list[float] | None = None
         density: float = Field(default=0.5, gt=0, le=1)
@@ -104,8 +110,6 @@ class SomfIntervention:
 
     def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
         """Learn the mask and return the fused model."""
-        from audit.data.records import PairRecord, load_records
-        from audit.interventions.lora import encode_pairs
         from audit.merging.safety_mask import SafetyMaskSettings, learn_safety_mask
         from audit.merging.stream import load_task_vectors, plan_merge
         from audit.merging.tensor_methods import PEFT_METHODS
@@ -128,8 +132,7 @@ class SomfIntervention:
             trust_remote_code=aligned.trust_remote_code,
         )
         model.to(ctx.device)
-        records = load_records(p.safety_data, PairRecord, suite_dir=ctx.suite_dir, split="train")
-        examples = encode_pairs(tokenizer, records, p.max_length, name=self.name)
+        examples, rejected = _safety_examples(p, tokenizer, ctx.suite_dir, self.name)
         settings = SafetyMaskSettings(
             steps=p.steps,
             lr=self.lr(n),
@@ -138,6 +141,7 @@ class SomfIntervention:
             binarize=p.binarize,
             seed=seed,
             eval_examples=p.eval_examples,
+            dpo_beta=p.dpo_beta,
         )
         weights = self.weights(n)
         result = learn_safety_mask(
@@ -150,11 +154,13 @@ class SomfIntervention:
             settings,
             linear=p.method == "task_arithmetic",
             progress=ctx.progress,
+            rejected=rejected,
         )
         del vectors
         _add(model, plan, result.task_vector)
         info: dict[str, Any] = {
             "method": p.method,
+            "objective": "ce" if rejected is None else "dpo",
             "aligned": aligned.name,
             "inputs": [h.name for h in others],
             "weights": weights,
@@ -171,6 +177,34 @@ class SomfIntervention:
             "copied_from_aligned": copied,
         }
         return TrainedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def _safety_examples(
+    p: SomfIntervention.Params, tokenizer: Any, suite_dir: Any, name: str
+) -> tuple[list[Any], list[Any] | None]:
+    """Encoded chosen (or plain) examples, and the rejected ones when training with DPO."""
+    from audit.data.records import DataError, PairRecord, PreferenceRecord, load_records
+    from audit.interventions.lora import encode_pairs
+
+    def load(shape: Any) -> list[Any]:
+        return load_records(p.safety_data, shape, suite_dir=suite_dir, split="train")
+
+    if p.objective == "ce":
+        return encode_pairs(tokenizer, load(PairRecord), p.max_length, name=name), None
+    if p.objective == "auto":
+        try:
+            pairs = load(PairRecord)
+        except DataError:
+            pairs = None
+        if pairs is not None:
+            return encode_pairs(tokenizer, pairs, p.max_length, name=name), None
+    prefs = load(PreferenceRecord)
+
+    def encode(field: str) -> list[Any]:
+        records = [PairRecord(id=r.id, prompt=r.prompt, response=getattr(r, field)) for r in prefs]
+        return encode_pairs(tokenizer, records, p.max_length, name=name)
+
+    return encode("chosen"), encode("rejected")
 
 
 def _add(model: Any, plan: Any, task_vector: Mapping[str, Any]) -> None:

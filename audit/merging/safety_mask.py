@@ -17,8 +17,11 @@ at hand):
   :func:`audit.merging.concrete.hard_mask`: zero steps keep everything, giving exactly
   ``θ_aligned + Merge(τ)``) or left continuous (``sigmoid(logit)``), then rescaled as above.
 * Masks cover 2-D weights only (embeddings included); 1-D tensors take the plain ``Merge``.
-* The paper's DPO objective (for data with chosen/rejected responses) is NOT implemented: only
-  the cross-entropy on refusal pairs.
+* With preference data (``rejected`` examples beside the chosen ones) the loss is DPO
+  (Rafailov et al., arXiv 2305.18290) instead: ``−log σ(β[(log π(c) − log π_ref(c)) −
+  (log π(r) − log π_ref(r))])`` over summed response-token log-probabilities, with β = 0.1 by
+  default and the unmasked fusion ``θ_aligned + Merge(τ)`` as the frozen reference ``π_ref``
+  (our choice: the paper's reference model is not at hand).
 
 For ``task_arithmetic`` the masked merge is ``(m / mean m) ⊙ Σ_i w_i τ_i``, so training uses
 one precomputed sum; other methods (TIES, DARE, magnitude pruning) are not linear in the mask and
@@ -75,6 +78,7 @@ class SafetyMaskSettings:
     binarize: bool = True
     seed: int = 0
     eval_examples: int = 512
+    dpo_beta: float = 0.1
 
 
 @dataclass
@@ -117,6 +121,34 @@ def _loss(merge: MaskedMerge, params: Mapping[str, Tensor], batch: Mapping[str, 
     kwargs = {**batch, "use_cache": False}
     out = functional_call(merge.model, dict(params), args=(), kwargs=kwargs, tie_weights=True)
     return out.loss
+
+
+def _sequence_logprobs(
+    merge: MaskedMerge, params: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+) -> Any:
+    """Each row's summed log-probability of its labelled (response) tokens."""
+    import torch
+    from torch.func import functional_call
+
+    kwargs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "use_cache": False,
+    }
+    out = functional_call(merge.model, dict(params), args=(), kwargs=kwargs, tie_weights=True)
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp_min(0).unsqueeze(-1))
+    return (picked.squeeze(-1) * keep).sum(dim=1)
+
+
+def dpo_loss(chosen: Any, rejected: Any, chosen_ref: Any, rejected_ref: Any, beta: float) -> Any:
+    """Mean DPO loss ``−log σ(β[(c − c_ref) − (r − r_ref)])`` from sequence log-probabilities."""
+    import torch
+
+    margin = (chosen - chosen_ref) - (rejected - rejected_ref)
+    return -torch.nn.functional.logsigmoid(beta * margin).mean()
 
 
 def safety_loss(
@@ -222,13 +254,15 @@ def learn_safety_mask(
     *,
     linear: bool = False,
     progress: Progress | None = None,
+    rejected: Sequence[Example] | None = None,
 ) -> SafetyMaskResult:
     """Learn the shared mask on ``examples`` (``encode_pairs`` output) and fuse.
 
     ``model`` is the aligned model (never modified), ``vectors`` its task vectors per parameter
     name (``θ_i − θ_aligned``, float32, CPU), ``method``/``options`` the merge method and its
     options, ``linear`` true when ``method`` is task arithmetic (one precomputed sum is used).
-    ``history[k]`` is the loss of step ``k`` with that step's relaxed mask sample.
+    ``history[k]`` is the loss of step ``k`` with that step's relaxed mask sample. With
+    ``rejected`` (one per example, same order) the loss is DPO against the unmasked fusion.
     """
     import torch
 
@@ -238,6 +272,9 @@ def learn_safety_mask(
     merge = fusion.masked
     logits = merge.new_logits(0.0, "element")
     history: list[float] = []
+    if rejected is not None and len(rejected) != len(examples):
+        raise ValueError("somf: DPO needs one rejected response per chosen one")
+    reference = fusion.params_of(fusion.final({})) if rejected is not None else None
     if settings.steps and logits:
         gen = generator_for(merge.device, settings.seed)
         leaves = list(logits.values())
@@ -249,7 +286,21 @@ def learn_safety_mask(
                 n: rescaled(relaxed_bernoulli(t, settings.temperature, gen))
                 for n, t in logits.items()
             }
-            loss = _loss(merge, fusion.params(masks), batch)
+            params = fusion.params(masks)
+            if rejected is None or reference is None:
+                loss = _loss(merge, params, batch)
+            else:
+                worse = _collate([rejected[i] for i in indices], merge.device)
+                with torch.no_grad():
+                    chosen_ref = _sequence_logprobs(merge, reference, batch)
+                    rejected_ref = _sequence_logprobs(merge, reference, worse)
+                loss = dpo_loss(
+                    _sequence_logprobs(merge, params, batch),
+                    _sequence_logprobs(merge, params, worse),
+                    chosen_ref,
+                    rejected_ref,
+                    settings.dpo_beta,
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=leaves)
             optimizer.step()

@@ -270,3 +270,71 @@ def test_suite_dependencies(tmp_path: Path) -> None:
         'safety_data = "organism:refusals"\nmethod = "ties"\ndensity = 0.3\n'
     )
     assert load_suite(path).dependencies("realigned") == ["merged", "aligned"]
+
+
+def _preferences(path: Path) -> Path:
+    rows = [
+        {"id": str(i), "prompt": p, "chosen": REFUSE, "rejected": COMPLY}
+        for i, p in enumerate(UNSAFE)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_dpo_on_preference_data(models: Models, tmp_path: Path) -> None:
+    """Preference records switch the objective to DPO (auto); it trains and raises the margin
+    of the chosen (refusing) over the rejected (complying) response against the unmasked merge."""
+    from audit.merging.safety_mask import dpo_loss
+
+    data = f"path:{_preferences(tmp_path / 'prefs.jsonl')}"
+    params = SomfIntervention.Params(
+        aligned="aligned", safety_data=data, steps=30, lr=0.1, weights=[1.0], batch_size=4
+    )
+    inputs = {"complier": models.complier, "aligned": models.aligned}
+    out = SomfIntervention(params).apply(inputs, context(tmp_path))
+    info = out.info
+    assert info["objective"] == "dpo"
+    # at step 0 the relaxed mask is near the reference, so the loss starts near log 2
+    assert abs(info["history_first"] - 0.6931) < 0.35
+    assert info["history_last"] < info["history_first"]
+    # plain pairs keep the cross-entropy objective; forcing dpo on them is an error
+    ce = SomfIntervention(params.model_copy(update={"safety_data": models.data, "steps": 0}))
+    assert ce.apply(inputs, context(tmp_path / "ce")).info["objective"] == "ce"
+    forced = params.model_copy(update={"safety_data": models.data, "objective": "dpo"})
+    with pytest.raises(Exception, match="chosen|rejected"):
+        SomfIntervention(forced).apply(inputs, context(tmp_path / "forced"))
+
+    import torch
+
+    zero = torch.zeros(3)
+    assert dpo_loss(zero, zero, zero, zero, 0.1).item() == pytest.approx(0.6931, abs=1e-4)
+    # margin (2 − 0) − (0 − 0) = 2 at β = 0.5: −log σ(1) = 0.3133
+    two = torch.full((3,), 2.0)
+    assert dpo_loss(two, zero, zero, zero, 0.5).item() == pytest.approx(0.31326, abs=1e-4)
+
+
+def test_suite_accepts_preference_safety_data(tmp_path: Path) -> None:
+    from audit.suite import SuiteError, load_suite
+
+    _preferences(tmp_path / "prefs.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"id": "1", "prompt": "x", "chosen": "y"}\n')
+    text = """
+[suite]
+name = "s"
+[models.aligned]
+source = "organism:aligned"
+[models.tuned]
+from = "aligned"
+intervention = "lora"
+data = "organism:helpful"
+[models.realigned]
+intervention = "somf"
+from = "tuned"
+aligned = "aligned"
+safety_data = "path:DATA"
+"""
+    (tmp_path / "ok.toml").write_text(text.replace("DATA", "prefs.jsonl"))
+    load_suite(tmp_path / "ok.toml")
+    (tmp_path / "bad.toml").write_text(text.replace("DATA", "bad.jsonl"))
+    with pytest.raises(SuiteError, match="bad.jsonl:1"):
+        load_suite(tmp_path / "bad.toml")
