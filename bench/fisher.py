@@ -21,28 +21,20 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from organism_build import matmul_gflops  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-def matmul_gflops(seconds: float = 2.0) -> float:
-    """fp32 1024x1024 matmul throughput on torch's current threads."""
-    import torch
-
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        n += 1
-    return 2 * 1024**3 * n / (time.perf_counter() - start) / 1e9
 
 
 SIZES: dict[str, dict[str, int]] = {

@@ -20,31 +20,6 @@ WEIGHTS = [0.3, 0.3]
 SMALL = DamOptions(rounds=2, steps_per_round=2, delta_steps=2, batch_size=4)
 
 
-def load(path: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
-    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def setup(
-    tiny_checkpoint: Path, tiny_checkpoint_factory: Callable[[int], Path]
-) -> tuple[Any, Any, dict[str, list[Any]]]:
-    """The tiny base model, its tokenizer and two contributors' task vectors (every name)."""
-    import torch
-
-    torch.set_num_threads(1)
-    base, tokenizer = load(tiny_checkpoint)
-    state = base.state_dict()
-    deltas: dict[str, list[Any]] = {}
-    for seed in (1, 2):
-        other, _ = load(tiny_checkpoint_factory(seed))
-        for name, tensor in other.state_dict().items():
-            deltas.setdefault(name, []).append((tensor - state[name]).float())
-    return base, tokenizer, deltas
-
-
 def test_every_name_schedule_and_progress(setup: tuple[Any, Any, Any]) -> None:
     base, tokenizer, deltas = setup
     calls: list[tuple[str, int, int]] = []
@@ -108,7 +83,9 @@ def test_zero_rounds_single_contributor_is_task_arithmetic(setup: tuple[Any, Any
     assert all(result.task_vector[n].equal(v[0] * 0.7) for n, v in single.items())
 
 
-def test_backdoor_mask_removes_the_trigger_sensitive_contributor(tiny_checkpoint: Path) -> None:
+def test_backdoor_mask_removes_the_trigger_sensitive_contributor(
+    tiny_checkpoint: Path, load_model: Callable[[Path], tuple[Any, Any]]
+) -> None:
     """A plants a strong response to an embedding direction ``v`` unused by clean prompts.
 
     Contributor A's task vector is a rank-1 ``c · u vᵀ`` on layer 0's ``v_proj`` with ``v``
@@ -121,7 +98,7 @@ def test_backdoor_mask_removes_the_trigger_sensitive_contributor(tiny_checkpoint
 
     from audit.models.generation import encode_prompt
 
-    base, tokenizer = load(tiny_checkpoint)
+    base, tokenizer = load_model(tiny_checkpoint)
     with torch.no_grad():
         base.get_input_embeddings().weight.mul_(10.0)
     prompts = [
