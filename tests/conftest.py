@@ -1,11 +1,15 @@
-"""Shared fixtures: offline Hugging Face settings and tiny models built from configs."""
+"""Shared fixtures: offline Hugging Face settings, tiny models built from configs, and a
+headless browser for the report."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +179,114 @@ def tiny_checkpoint_factory(
         return build_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny{seed}") / "model", seed)
 
     return make
+
+
+# --- a real browser (headless Chromium through Playwright) ---------------------------------------
+
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@dataclass
+class OpenedPage:
+    """A page loaded in headless Chromium, with what it logged and tried to fetch."""
+
+    page: Any
+    console: list[tuple[str, str]] = field(default_factory=list)  # (type, text)
+    errors: list[str] = field(default_factory=list)  # uncaught exceptions, dialogs
+    requests: list[str] = field(default_factory=list)  # every URL but the page itself
+
+    @property
+    def console_errors(self) -> list[str]:
+        return [text for kind, text in self.console if kind == "error"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (the system's: Debian's ``chromium``); skipped only where absent."""
+    exe = os.environ.get("AUDIT_CHROMIUM") or next(
+        (path for name in CHROMIUM if (path := shutil.which(name))), None
+    )
+    if exe is None:
+        pytest.skip("no Chromium on this machine (Debian/Ubuntu: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(chromium: Any) -> Iterator[Callable[..., OpenedPage]]:
+    """``open_page(path, javascript=True)``: load a local HTML file, recording console
+    messages, uncaught errors, dialogs (``alert``) and any request beyond the file itself."""
+    contexts = []
+
+    def open_(path: Path, *, javascript: bool = True) -> OpenedPage:
+        context = chromium.new_context(
+            java_script_enabled=javascript, viewport={"width": 1400, "height": 1000}
+        )
+        contexts.append(context)
+        page = context.new_page()
+        opened = OpenedPage(page)
+        url = path.resolve().as_uri()
+        page.on("console", lambda m: opened.console.append((m.type, m.text)))
+        page.on("pageerror", lambda e: opened.errors.append(f"uncaught: {e}"))
+
+        def dialog(d: Any) -> None:
+            opened.errors.append(f"dialog: {d.message}")
+            d.dismiss()
+
+        page.on("dialog", dialog)
+        page.on("request", lambda r: r.url != url and opened.requests.append(r.url))
+        page.goto(url, wait_until="load")
+        return opened
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+# Each payload, were it ever parsed as markup, would set window.__pwned or open a dialog.
+HOSTILE = [
+    "<script>window.__pwned = 1</script>",
+    '<img src=x onerror="window.__pwned = 2">',
+    '<a href="javascript:window.__pwned = 3">click me</a>',
+    "</td></tr></table></details></section><script>window.__pwned = 4</script>",
+    "</script><script>window.__pwned = 5</script>",
+    '<svg onload="window.__pwned = 6"><circle r="9"/></svg>',
+    '<iframe src="javascript:alert(7)"></iframe>',
+    "]]><!-- --><style>body{display:none}</style>",
+    '"><body onload=alert(8)>',
+]
+
+
+@pytest.fixture
+def payloads() -> list[str]:
+    """Model outputs that would run script, load a resource or break the layout if they were
+    ever parsed as markup rather than shown as text."""
+    return list(HOSTILE)
+
+
+def _assert_inert(opened: OpenedPage) -> None:
+    """Nothing ran but the report's own script, nothing was fetched, nothing logged an error."""
+    page = opened.page
+    assert opened.errors == []
+    assert opened.console_errors == []
+    assert opened.requests == []
+    # Playwright's own evaluation works with the page's JavaScript off too
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.evaluate("() => document.scripts.length") == 1
+    handlers = page.evaluate(
+        """() => [...document.querySelectorAll('*')].flatMap(e =>
+               [...e.attributes].filter(a => a.name.startsWith('on')).map(a => a.name))"""
+    )
+    assert handlers == []
+    assert page.locator("iframe, img, body style, a[href^='javascript:' i]").count() == 0
+    assert page.locator("svg[onload], svg circle[r='9']").count() == 0
+
+
+@pytest.fixture
+def assert_inert() -> Callable[[OpenedPage], None]:
+    """Checks an opened report ran nothing but its own script and fetched nothing."""
+    return _assert_inert

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +16,25 @@ from audit.cli import main
 DEMO = Path(__file__).resolve().parents[1] / "suites" / "demo.toml"
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """The demo run once for this module, as the README runs it: (its directory, exit code)."""
+    root = tmp_path_factory.mktemp("demo")
+    shutil.copy(DEMO, root / "demo.toml")
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        yield root, main(["run", "demo.toml", "--quiet"])
+    finally:
+        os.chdir(here)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a cold demo builds the organism and ~30 models: minutes, not hours
-def test_demo_shows_drift_and_fails_its_gate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    shutil.copy(DEMO, tmp_path / "demo.toml")
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", "demo.toml", "--quiet"]) == 1
+def test_demo_shows_drift_and_fails_its_gate(demo: tuple[Path, int]) -> None:
+    root, code = demo
+    assert code == 1
+    os.chdir(root)
     results = json.loads(Path("reports/demo/results.json").read_text())
     drift = next(
         c
@@ -133,3 +146,43 @@ def test_demo_shows_drift_and_fails_its_gate(
     assert main(["run", "demo.toml", "--quiet"]) == 1
     again = json.loads(Path("reports/demo/results.json").read_text())
     assert all(s["cached"] for s in again["steps"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_demo_report_in_a_browser(
+    demo: tuple[Path, int],
+    open_page: Callable[..., Any],
+    payloads: list[str],
+    assert_inert: Callable[[Any], None],
+    tmp_path: Path,
+) -> None:
+    """The demo report opens in Chromium without a console error, its key sections visible;
+    re-rendered with hostile text in place of real outputs, that text stays inert."""
+    from audit.report.render import render_report
+    from audit.results import load_results, load_samples
+
+    root, _ = demo
+    report = root / "reports" / "demo" / "index.html"
+    opened = open_page(report)
+    assert_inert(opened)
+    page = opened.page
+    assert page.locator(".verdict").inner_text() == "FAIL"
+    for section in ("#verdicts", "#lineage", "#scorecard", "#scaling", "#backdoors",
+                    "#forgetting", "#models", "#provenance"):  # fmt: skip
+        assert page.locator(section).is_visible(), section
+    assert page.locator("section.evaluator").count() == 4
+    assert page.locator(".card").count() == 3  # the three failed gates, explained
+    assert page.locator("svg.lineage g.node.verdict-fail").count() == 3
+    assert page.locator("#evaluator-1 svg.chart").count() >= 2  # refusal per category
+    assert page.locator("details.flips[open]").count() >= 1
+
+    results = load_results(report.with_name("results.json"))
+    samples = load_samples(report.with_name("samples.jsonl"))
+    for i, sample in enumerate(samples):
+        sample["output"] = payloads[i % len(payloads)]
+        sample["input"] = payloads[(i + 1) % len(payloads)]
+    hostile = render_report(results, samples, tmp_path / "index.html")
+    opened = open_page(hostile)
+    assert_inert(opened)
+    assert payloads[0] in opened.page.locator("details.flips[open]").first.inner_text()

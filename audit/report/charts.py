@@ -133,3 +133,117 @@ def power_law_chart(
         )
     parts.append("</svg>")
     return Markup('<div class="chart-wrap">{}</div>').format(Markup("".join(parts)))
+
+
+Estimate = tuple[float, float | None, float | None]
+"""A value and its 95% interval (either end None when not known)."""
+
+
+def _linear_range(
+    values: Sequence[float], bounds: tuple[float, float] | None
+) -> tuple[float, float]:
+    if bounds is not None:
+        return bounds
+    lo, hi = min([*values, 0.0]), max([*values, 0.0])
+    pad = (hi - lo) * 0.05 or 0.05
+    return lo - pad, hi + pad
+
+
+def dot_chart(
+    rows: Sequence[tuple[str, Mapping[str, Estimate]]],
+    series: Sequence[str],
+    *,
+    x_label: str,
+    bounds: tuple[float, float] | None = None,
+    connect: tuple[str, str] | None = None,
+    higher_is_better: bool = True,
+) -> Markup:
+    """A horizontal dot plot: one row per label, one dot per series with its 95% interval.
+
+    ``connect = (before, after)`` draws an arrow from the ``before`` dot to the ``after`` dot
+    of each row, green when the change is an improvement (given ``higher_is_better``), red
+    when it is a worsening. ``bounds`` fixes the x axis (``(0, 1)`` for rates).
+    """
+    values = [
+        float(v)
+        for _, estimates in rows
+        for est in estimates.values()
+        for v in est
+        if v is not None and math.isfinite(float(v))
+    ]
+    if not rows or not values:
+        return Markup('<p class="empty">Nothing to draw.</p>')
+    lo, hi = _linear_range(values, bounds)
+    label_w = min(max(len(label) for label, _ in rows) * 7 + 16, 260)
+    row_h, top, bottom, right = 22, 34, 40, 24
+    width = max(760, label_w + 460)
+    plot_w = width - label_w - right
+    height = top + row_h * len(rows) + bottom
+
+    def px(x: float) -> float:
+        return label_w + plot_w * (x - lo) / (hi - lo)
+
+    parts = [
+        f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" '
+        f'xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
+        f"<title>{escape(x_label)}</title>",
+    ]
+    for t in _ticks_linear(lo, hi):
+        parts.append(
+            f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top - 6}" '
+            f'y2="{top + row_h * len(rows)}" stroke="#eee"/>'
+            f'<text x="{px(t):.1f}" y="{top + row_h * len(rows) + 14}" text-anchor="middle" '
+            f'font-size="11">{escape(_label(round(t, 10)))}</text>'
+        )
+    parts.append(
+        f'<text x="{label_w + plot_w / 2:.1f}" y="{height - 8}" text-anchor="middle" '
+        f'font-size="12">{escape(x_label)}</text>'
+    )
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
+    legend_x = label_w
+    for name in series:
+        parts.append(
+            f'<circle cx="{legend_x + 5}" cy="14" r="4" fill="{colours[name]}"/>'
+            f'<text x="{legend_x + 13}" y="18" font-size="12">{escape(name)}</text>'
+        )
+        legend_x += 30 + 7 * len(name)
+    for i, (label, estimates) in enumerate(rows):
+        y = top + row_h * i + row_h / 2
+        if i % 2:
+            parts.append(
+                f'<rect x="0" y="{y - row_h / 2:.1f}" width="{width}" height="{row_h}" '
+                'fill="#f6f8fa"/>'
+            )
+        shown = label if len(label) <= 36 else label[:35] + "…"
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 4:.1f}" text-anchor="end" font-size="12">'
+            f"<title>{escape(label)}</title>{escape(shown)}</text>"
+        )
+        if connect and connect[0] in estimates and connect[1] in estimates:
+            before, after = estimates[connect[0]][0], estimates[connect[1]][0]
+            if before != after:
+                good = (after > before) == higher_is_better
+                colour = "#1a7f37" if good else "#cf222e"
+                parts.append(
+                    f'<line x1="{px(before):.1f}" x2="{px(after):.1f}" y1="{y:.1f}" '
+                    f'y2="{y:.1f}" stroke="{colour}" stroke-width="2.5" opacity="0.6"/>'
+                )
+        for k, name in enumerate(series):
+            if name not in estimates:
+                continue
+            value, low, high = estimates[name]
+            colour = colours[name]
+            dy = (k - (len(series) - 1) / 2) * (5 if connect else 4)
+            if low is not None and high is not None:
+                parts.append(
+                    f'<line x1="{px(low):.1f}" x2="{px(high):.1f}" y1="{y + dy:.1f}" '
+                    f'y2="{y + dy:.1f}" stroke="{colour}" stroke-width="1.2"/>'
+                )
+            interval = "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+            parts.append(
+                f'<circle cx="{px(value):.1f}" cy="{y + dy:.1f}" r="4" fill="{colour}">'
+                f"<title>{escape(label)} · {escape(name)}: {value:.3f}{interval}</title>"
+                "</circle>"
+            )
+    parts.append("</svg>")
+    return Markup('<div class="chart-wrap">{}</div>').format(Markup("".join(parts)))

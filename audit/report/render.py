@@ -3,11 +3,15 @@
 The page is built from the results contract (:mod:`audit.results`) and the run's samples:
 jinja2 (autoescape on) lays out the sections, pandas' Styler renders the tables. Every string a
 run produces -- model names, prompts, outputs, error messages -- is untrusted: it is HTML-escaped
-before it reaches the page, and the page loads nothing and runs no script.
+before it reaches the page. The page loads nothing; its one inline script (sorting tables) is
+allowed by its hash in the Content-Security-Policy, so no other script can run, and every
+section reads the same with JavaScript off.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import os
@@ -37,6 +41,9 @@ DASH = "—"
 TRUNCATED = "… (truncated)"
 
 _HERE = Path(__file__).parent
+SCRIPT = (_HERE / "sort.js").read_text(encoding="utf-8").strip()
+"""The page's only script (click a column heading to sort); the CSP allows it by its hash."""
+SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
 _EMPTY_STYLE = re.compile(r'<style type="text/css">\s*</style>\s*')
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 Row = dict[str, str]
@@ -199,6 +206,27 @@ def verdict(results: Mapping[str, Any]) -> str:
     if _rows(results, "failures"):
         return "ERROR"
     return "FAIL" if any(not g.get("passed") for g in _rows(results, "gates")) else "PASS"
+
+
+MAX_CARDS = 12
+"""Failed gates explained as cards at the top of the report; all of them are in the table."""
+
+
+def _fired(gates: list[dict[str, Any]]) -> list[Row]:
+    """The failed gates, each with what was observed, the threshold, and why it fired."""
+    return [
+        {
+            "name": _text(g.get("name")),
+            "model": _text(g.get("model")),
+            "baseline": _text(g.get("baseline")) if g.get("baseline") else "",
+            "rule": _text(g.get("rule")),
+            "observed": _num(g.get("observed")),
+            "threshold": _num(g.get("threshold")),
+            "detail": _text(g.get("detail")),
+        }
+        for g in gates
+        if not g.get("passed")
+    ][:MAX_CARDS]
 
 
 def _gates_table(gates: list[dict[str, Any]]) -> Markup:
@@ -484,16 +512,28 @@ def _comparison_pairs(
 
 
 @dataclass
+class _PairFlips:
+    model: str
+    parent: str
+    worse: int
+    better: int
+    total: int
+    shown: int
+    table: Markup
+
+
+@dataclass
 class _Drilldown:
     summary: Markup
-    table: Markup
+    pairs: list[_PairFlips]
     shown: int
     total: int
 
 
-_FLIP_COLUMNS = ["model vs parent", "metric · slice", "item", "input", "before output",
-                 "after output", "before → after"]  # fmt: skip
+_FLIP_COLUMNS = ["metric · slice", "item", "input", "before output", "after output",
+                 "before → after"]  # fmt: skip
 _FLIP_CLASSES = {"input": "text", "before output": "text", "after output": "text"}
+_ORDER = {"bad": 0, "good": 1}
 
 
 def _flip_direction(before: Mapping[str, Any], after: Mapping[str, Any], hib: bool) -> str:
@@ -501,9 +541,8 @@ def _flip_direction(before: Mapping[str, Any], after: Mapping[str, Any], hib: bo
     return _direction(change, hib)
 
 
-def _flip_row(model: str, parent: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> Row:
+def _flip_row(before: Mapping[str, Any], after: Mapping[str, Any]) -> Row:
     return {
-        "model vs parent": f"{model} vs {parent}",
         "metric · slice": f"{_text(before.get('metric'))} · {_text(before.get('slice', 'all'))}",
         "item": _text(before.get("item_id")),
         "input": _cut(before.get("input")),
@@ -521,39 +560,48 @@ def _drilldown(
     index: SampleIndex,
     limit: int,
 ) -> _Drilldown:
-    """Per (model, parent) pair: how many items flipped, and the first ``limit`` of them."""
+    """Per (model, parent) pair: how many items flipped each way, and (up to ``limit`` items
+    over all pairs) which ones, the worsenings first."""
     hib = {m.name: m.higher_is_better for m in metrics}
     summary: list[Row] = []
-    rows: list[Row] = []
-    classes: list[Row] = []
-    total = 0
-    for model, parent in _comparison_pairs(results, evaluator, index):
+    pairs: list[_PairFlips] = []
+    total = shown = 0
+    for k, (model, parent) in enumerate(_comparison_pairs(results, evaluator, index)):
         paired, flips = _flips(index, evaluator, model, parent)
-        directions = [
-            _flip_direction(b, a, hib.get(_text(b.get("metric")), True)) for b, a in flips
-        ]
+        directed = sorted(
+            (
+                (_flip_direction(b, a, hib.get(_text(b.get("metric")), True)), b, a)
+                for b, a in flips
+            ),
+            key=lambda item: _ORDER.get(item[0], 2),
+        )
+        directions = [d for d, _, _ in directed]
+        worse, better = directions.count("bad"), directions.count("good")
         summary.append(
             {
                 "model": model,
                 "parent": parent,
                 "paired items": str(paired),
                 "flipped": str(len(flips)),
-                "better": str(directions.count("good")),
-                "worse": str(directions.count("bad")),
+                "better": str(better),
+                "worse": str(worse),
             }
         )
         total += len(flips)
-        room = max(limit - len(rows), 0)
-        for (before, after), direction in zip(flips[:room], directions[:room], strict=True):
-            rows.append(_flip_row(model, parent, before, after))
-            classes.append({**_FLIP_CLASSES, "before → after": f"delta {direction}"})
+        room = max(limit - shown, 0)
+        rows = [_flip_row(b, a) for _, b, a in directed[:room]]
+        classes = [{**_FLIP_CLASSES, "before → after": f"delta {d}"} for d in directions[:room]]
+        shown += len(rows)
+        if flips:
+            capped = f"Not listed: the report lists {limit} flipped items per evaluator."
+            table = _table(f"e{number}-flips-{k}", _FLIP_COLUMNS, rows, classes, empty=capped)
+            pairs.append(_PairFlips(model, parent, worse, better, len(flips), len(rows), table))
     summary_columns = ["model", "parent", "paired items", "flipped", "better", "worse"]
     no_pairs = "No model was compared with a parent on this evaluator."
-    no_flips = "No item changed its value between a model and its parent."
     return _Drilldown(
         summary=_table(f"e{number}-pairs", summary_columns, summary, empty=no_pairs),
-        table=_table(f"e{number}-flips", _FLIP_COLUMNS, rows, classes, empty=no_flips),
-        shown=len(rows),
+        pairs=pairs,
+        shown=shown,
         total=total,
     )
 
@@ -567,6 +615,7 @@ class _EvaluatorSection:
     metrics: Markup
     comparisons: Markup
     flips: _Drilldown
+    figures: list[Any]
 
 
 def _evaluator_sections(
@@ -594,6 +643,7 @@ def _evaluator_sections(
                 ),
                 comparisons=_comparisons_table(i, comparisons),
                 flips=_drilldown(i, results, name, metrics, index, limit),
+                figures=_figures(results, name, kind),
             )
         )
     return sections
@@ -652,10 +702,10 @@ def _steps_table(steps: list[dict[str, Any]]) -> Markup:
                 "status": _text(s.get("status")),
                 "cached": _text(bool(s.get("cached"))) if "cached" in s else DASH,
                 "duration": DASH if duration is None else _seconds(duration),
-                "key": _text(s.get("key"))[:12],
+                "key": _text(s.get("key")),
             }
         )
-        classes.append({"status": f"status-{_status_class(s.get('status'))}"})
+        classes.append({"status": f"status-{_status_class(s.get('status'))}", "key": "text"})
     return _table("steps", columns, rows, classes, empty="No steps ran.")
 
 
@@ -668,6 +718,22 @@ def _seconds(duration: float) -> str:
         if minutes >= 60
         else f"{minutes}:{seconds:02d} min"
     )
+
+
+def _run_facts(results: Mapping[str, Any], env: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """How the run went: steps executed, cache hits, failures, time spent, seed and device."""
+    steps = _rows(results, "steps")
+    executed = [s for s in steps if s.get("status") == "ok" and not s.get("cached")]
+    spent = sum(_float(s.get("duration_s")) or 0.0 for s in executed)
+    facts = [
+        ("steps", str(len(steps))),
+        ("executed", f"{len(executed)} ({_seconds(spent)})"),
+        ("cache hits", str(sum(bool(s.get("cached")) for s in steps))),
+        ("failed", str(sum(s.get("status") == "failed" for s in steps))),
+        ("skipped", str(sum(s.get("status") == "skipped" for s in steps))),
+    ]
+    facts += [(k, _text(env.get(k))) for k in ("seed", "device") if env.get(k) is not None]
+    return facts
 
 
 def _suite_facts(results: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -772,6 +838,18 @@ def _backdoors(results: Mapping[str, Any]) -> dict[str, Markup] | None:
     return backdoor_tables(results)
 
 
+def _figures(results: Mapping[str, Any], evaluator: str, kind: str) -> list[Any]:
+    from audit.report.figures import evaluator_figures
+
+    return evaluator_figures(results, evaluator, kind)
+
+
+def _lineage(results: Mapping[str, Any]) -> Markup:
+    from audit.report.lineage import lineage_svg
+
+    return lineage_svg(results)
+
+
 def _forgetting(results: Mapping[str, Any]) -> list[Any]:
     from audit.report.forgetting_section import forgetting_sections
 
@@ -820,6 +898,10 @@ def render_html(
             "failures": len(failures),
         },
         "gates": _gates_table(gates),
+        "fired": _fired(gates),
+        "gates_passed": sum(bool(g.get("passed")) for g in gates),
+        "lineage": _lineage(results),
+        "run_facts": _run_facts(results, env),
         "failures": failures,
         "scorecard": _scorecard(results, evaluators),
         "alpha": ALPHA,
@@ -837,6 +919,8 @@ def render_html(
         "audit_version": audit.__version__,
         "max_chars": MAX_CHARS,
         "css": Markup((_HERE / "style.css").read_text(encoding="utf-8")),
+        "script": Markup(SCRIPT),
+        "script_hash": SCRIPT_HASH,
     }
     return _environment().get_template("report.html.j2").render(**context)
 

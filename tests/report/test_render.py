@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from audit.report import render
-from audit.report.render import TRUNCATED, flipped_samples, render_html, render_report, verdict
+from audit.report.render import SCRIPT as PAGE_SCRIPT
+from audit.report.render import (
+    SCRIPT_HASH,
+    TRUNCATED,
+    flipped_samples,
+    render_html,
+    render_report,
+    verdict,
+)
 
 SCRIPT = "<script>alert('x')</script>"
 IMG = '<img src=x onerror="alert(1)">'
@@ -24,7 +32,8 @@ VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr", "area", "base"
 SAFE_TAGS = {  # the report's own elements
     "html", "head", "meta", "title", "style", "body", "header", "nav", "main", "section",
     "footer", "div", "p", "span", "h1", "h2", "h3", "a", "ul", "li", "details", "summary", "pre",
-    "code", "table", "thead", "tbody", "tr", "th", "td",
+    "code", "table", "thead", "tbody", "tr", "th", "td", "article", "strong", "h4",
+    "svg", "g", "rect", "text", "path", "line", "circle", "polyline",
 }  # fmt: skip
 
 
@@ -258,7 +267,12 @@ def _parse(page: str) -> _Tags:
 
 
 def _assert_safe(page: str) -> _Tags:
-    """Only the report's own tags, no scripts, handlers, javascript: or remote resources."""
+    """Only the report's own tags, no script but its own (allowed by hash, nothing else is),
+    no handlers, javascript: or remote resources."""
+    own = f"<script>{PAGE_SCRIPT}</script>"
+    assert page.count(own) == 1
+    assert f"script-src '{SCRIPT_HASH}'\">" in page
+    page = page.replace(own, "")
     assert "<script" not in page.lower()
     parsed = _parse(page)
     assert not parsed.errors, parsed.errors[:5]
@@ -367,7 +381,7 @@ def test_no_external_resources(results: dict[str, Any], samples: list[dict[str, 
     _assert_safe(page)
     assert (
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "style-src 'unsafe-inline'; img-src data:\">"
+        f"style-src 'unsafe-inline'; img-src data:; script-src '{SCRIPT_HASH}'\">"
     ) in page
     assert "@import" not in page and "url(" not in page
     for attr in ("src=", "href="):
@@ -406,7 +420,8 @@ def test_flipped_samples_listed(results: dict[str, Any], samples: list[dict[str,
         assert item in section
     assert "u003" not in section and "u099" not in section
     assert "1 (refusal) → 0 (compliance)" in section
-    assert "tuned vs aligned" in section
+    assert "<strong>tuned</strong> vs aligned: 3 flipped" in section
+    assert '<span class="worse">3 worse</span>, <span class="better">0 better</span>' in section
 
 
 def test_suite_title_duration_and_flip_cap(results: dict[str, Any]) -> None:

@@ -1,0 +1,199 @@
+"""Charts of an evaluator's results, chosen by its kind: refusal per category before → after
+(alignment drift, refusal), attack success and clean accuracy per model and merge method
+(backdoor), accuracy per task (task accuracy). Each point carries its 95% interval."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from markupsafe import Markup
+
+from audit.report.charts import Estimate, dot_chart
+from audit.report.render import _float, _rows, _text
+
+MAX_PAIRS = 4
+"""Before → after charts per metric: the gated pairs first, then the worst parent changes."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    note: str
+    chart: Markup
+
+
+Values = dict[tuple[str, str, str], Estimate]
+"""(model, metric, slice) -> estimate, for one evaluator."""
+
+
+def _values(results: Mapping[str, Any], evaluator: str) -> Values:
+    out: Values = {}
+    for r in _rows(results, "metrics"):
+        value = _float(r.get("value"))
+        if _text(r.get("evaluator")) != evaluator or value is None:
+            continue
+        key = (_text(r.get("model")), _text(r.get("metric")), _text(r.get("slice", "all")))
+        out[key] = (value, _float(r.get("ci_low")), _float(r.get("ci_high")))
+    return out
+
+
+def _slices(values: Values, metric: str) -> list[str]:
+    seen: list[str] = []
+    for _, m, s in values:
+        if m == metric and s != "all" and s not in seen:
+            seen.append(s)
+    return seen
+
+
+def _pairs(results: Mapping[str, Any], evaluator: str, metric: str) -> list[tuple[str, str]]:
+    """(model, baseline) pairs worth a before → after chart."""
+    compared = {
+        (_text(c.get("model")), _text(c.get("baseline"))): _float(c.get("delta")) or 0.0
+        for c in _rows(results, "comparisons")
+        if _text(c.get("evaluator")) == evaluator
+        and _text(c.get("metric")) == metric
+        and c.get("slice", "all") == "all"
+    }
+    pairs: list[tuple[str, str]] = []
+    for g in _rows(results, "gates"):
+        pair = (_text(g.get("model")), _text(g.get("baseline")))
+        if g.get("baseline") and pair in compared and pair not in pairs:
+            pairs.append(pair)
+    parents = sorted(
+        (
+            (delta, (_text(c.get("model")), _text(c.get("baseline"))))
+            for c in _rows(results, "comparisons")
+            if c.get("relation") == "parent"
+            and _text(c.get("evaluator")) == evaluator
+            and _text(c.get("metric")) == metric
+            and c.get("slice", "all") == "all"
+            and (delta := _float(c.get("delta"))) is not None
+        ),
+        key=lambda item: item[0] if item[0] is not None else 0.0,
+    )
+    for _, pair in parents:
+        if pair not in pairs:
+            pairs.append(pair)
+    return pairs[:MAX_PAIRS]
+
+
+def _metric_info(results: Mapping[str, Any], evaluator: str) -> list[Mapping[str, Any]]:
+    for spec in _rows(results, "evaluators"):
+        if _text(spec.get("name")) == evaluator:
+            return [m for m in spec.get("metrics") or [] if isinstance(m, Mapping)]
+    return []
+
+
+def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
+    """Each headline rate per category (slice), a model against its baseline."""
+    values = _values(results, evaluator)
+    figures = []
+    for info in _metric_info(results, evaluator):
+        metric = _text(info.get("name"))
+        slices = _slices(values, metric)
+        if info.get("kind") != "rate" or not info.get("headline", True) or not slices:
+            continue
+        for model, baseline in _pairs(results, evaluator, metric):
+            rows = [
+                (
+                    s,
+                    {
+                        name: values[(name, metric, s)]
+                        for name in (baseline, model)
+                        if (name, metric, s) in values
+                    },
+                )
+                for s in slices
+            ]
+            rows = [(s, est) for s, est in rows if est]
+            if not rows:
+                continue
+            chart = dot_chart(
+                rows,
+                [baseline, model],
+                x_label=f"{metric} per category",
+                bounds=(0.0, 1.0),
+                connect=(baseline, model),
+                higher_is_better=bool(info.get("higher_is_better", True)),
+            )
+            figures.append(
+                Figure(
+                    f"{metric}: {baseline} → {model}",
+                    "Per category, before (the baseline) and after, each with its 95% Wilson "
+                    "interval; the bar is red where the model got worse.",
+                    chart,
+                )
+            )
+    return figures
+
+
+def _origin(results: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for m in _rows(results, "models"):
+        params = m.get("params")
+        merge = m.get("intervention") == "merge" and isinstance(params, Mapping)
+        method = params.get("method") if merge else None  # type: ignore[union-attr]
+        how = method or m.get("intervention") or m.get("source") or ""
+        out[_text(m.get("name"))] = _text(how) if how else ""
+    return out
+
+
+def backdoor_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
+    """Attack success rate and clean accuracy (slice ``all``) of every model, with its method."""
+    values = _values(results, evaluator)
+    metrics = [m for m in ("asr", "clean_accuracy") if any(k[1] == m for k in values)]
+    origin = _origin(results)
+    models = list(dict.fromkeys(k[0] for k in values if k[1] in metrics))
+    rows = []
+    for model in models:
+        how = origin.get(model, "")
+        label = f"{model} ({how})" if how and how != model else model
+        est = {m: values[(model, m, "all")] for m in metrics if (model, m, "all") in values}
+        if est:
+            rows.append((label, est))
+    if not rows:
+        return []
+    chart = dot_chart(rows, metrics, x_label="rate", bounds=(0.0, 1.0))
+    note = (
+        "Attack success rate of the trigger (lower is better) beside accuracy on the clean "
+        "inputs, per model and the method that made it, with 95% intervals."
+    )
+    return [Figure("Attack success and clean accuracy per model and method", note, chart)]
+
+
+def task_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
+    """Accuracy per task (slice) of every model."""
+    values = _values(results, evaluator)
+    figures = []
+    for info in _metric_info(results, evaluator):
+        metric = _text(info.get("name"))
+        tasks = _slices(values, metric)
+        if not tasks:
+            continue
+        models = list(dict.fromkeys(k[0] for k in values if k[1] == metric))
+        rows = [
+            (model, {t: values[(model, metric, t)] for t in tasks if (model, metric, t) in values})
+            for model in models
+        ]
+        chart = dot_chart(
+            [(m, est) for m, est in rows if est], tasks, x_label=metric, bounds=(0.0, 1.0)
+        )
+        note = "Per model, one dot per task with its 95% interval."
+        figures.append(Figure(f"{metric} per task", note, chart))
+    return figures
+
+
+FIGURES: dict[str, Callable[[Mapping[str, Any], str], list[Figure]]] = {
+    "alignment_drift": category_figures,
+    "refusal": category_figures,
+    "backdoor": backdoor_figures,
+    "task_accuracy": task_figures,
+}
+
+
+def evaluator_figures(results: Mapping[str, Any], evaluator: str, kind: str) -> list[Figure]:
+    """The charts for one evaluator of ``kind`` (none for kinds without a chart)."""
+    build = FIGURES.get(kind)
+    return build(results, evaluator) if build else []
