@@ -31,10 +31,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a cold demo builds the organism and ~30 models: minutes, not hours
-def test_demo_shows_drift_and_fails_its_gate(demo: tuple[Path, int]) -> None:
+def test_demo_shows_drift_and_fails_its_gate(
+    demo: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, code = demo
     assert code == 1
-    os.chdir(root)
+    monkeypatch.chdir(root)
     results = json.loads(Path("reports/demo/results.json").read_text())
     drift = next(
         c
