@@ -1,6 +1,14 @@
-"""Command-line interface: ``audit run | validate | report | list | schema``.
+"""Command-line interface: ``audit run | validate | report | compare | gallery | list | schema``.
 
-Exit codes: 0 every gate passed, 1 a gate failed, 2 invalid suite or usage, 3 a step crashed.
+``audit compare OLD NEW`` compares a candidate release's run (NEW) with the last shipped one's
+(OLD) and applies release gates to the change (:mod:`audit.regression`); it writes
+``comparison.json`` and ``index.html`` to ``--out`` (default
+``reports/compare-<old suite>-vs-<new suite>/``). Both rewrite the gallery of runs at the
+output root, and both write ``--junit`` XML and a markdown ``--summary`` (by default appended to
+``$GITHUB_STEP_SUMMARY`` when that is set) for CI.
+
+Exit codes: 0 every gate passed, 1 a gate failed, 2 invalid suite, input or usage, 3 a step
+crashed (for ``compare``: the new run has failed steps).
 """
 
 from __future__ import annotations
@@ -59,8 +67,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = Runner(plan, store, Progress(quiet=args.quiet), device=args.device).run()
     results, samples = assemble(plan, outcome, started, args.device)
     report = write_outputs(out_dir, results, samples)
+    _update_gallery(out_dir.resolve().parent)
     _summarize(results, outcome.executed, report)
-    return int(results["exit_code"])
+    return _ci_outputs(results, args, report, int(results["exit_code"]))
+
+
+def _ci_outputs(results: dict[str, Any], args: argparse.Namespace, report: Path, code: int) -> int:
+    """Write ``--junit`` and ``--summary`` (default: append to ``$GITHUB_STEP_SUMMARY``).
+
+    A file that cannot be written is an error on stderr; the exit code stays the gates' code,
+    except that a run which passed exits 3 (CI must not read a missing file as a pass).
+    """
+    from audit.ci_outputs import markdown_summary, summary_target, write_junit, write_summary
+
+    failed = False
+    if args.junit:
+        try:
+            _out.print(f"junit: {escape(str(write_junit(Path(args.junit), results)))}")
+        except OSError as e:
+            _err.print(f"[red]error[/] cannot write --junit {escape(args.junit)}: {escape(str(e))}")
+            failed = True
+    target = summary_target(args.summary)
+    if target is not None:
+        path, append = target
+        try:
+            write_summary(path, markdown_summary(results, report=str(report)), append=append)
+        except OSError as e:
+            _err.print(f"[red]error[/] cannot write the summary {path}: {escape(str(e))}")
+            failed = True
+    return EXIT_CRASHED if failed and code == EXIT_OK else code
 
 
 def _default_out(suite: Suite) -> Path:
@@ -78,6 +113,99 @@ def _summarize(results: dict[str, Any], executed: list[str], report: Path) -> No
     n = len(results["steps"])
     _out.print(f"{len(executed)} of {n} steps executed, {n - len(executed)} cached or skipped")
     verdict = results["verdict"].upper()
+    colour = {"PASS": "green", "FAIL": "red"}.get(verdict, "magenta")
+    _out.print(f"[bold {colour}]{verdict}[/] — report: {escape(str(report))}")
+
+
+def _update_gallery(root: Path) -> None:
+    """Rewrite ``root/index.html`` after a run; a failure is a warning, never the run's result."""
+    try:
+        from audit.report.gallery import write_gallery
+
+        write_gallery(root)
+    except Exception as e:
+        _err.print(f"[yellow]warning[/] gallery not updated: {escape(str(e))}")
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from audit.report.gallery import GalleryError, write_gallery
+
+    try:
+        path = write_gallery(Path(args.root))
+    except GalleryError as e:
+        _err.print(f"[red]error[/] {escape(str(e))}")
+        return EXIT_INVALID
+    _out.print(f"gallery: {escape(str(path))}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from audit.regression import CompareError, write_comparison
+
+    try:
+        result = _comparison(args)
+        out_dir = _compare_out(args, result)
+    except CompareError as e:
+        _err.print(f"[red]error[/] {escape(str(e))}")
+        return EXIT_INVALID
+    report = write_comparison(out_dir, result)
+    _update_gallery(out_dir.resolve().parent)
+    _summarize_comparison(result, report, quiet=args.quiet)
+    return _ci_outputs(result, args, report, int(result["exit_code"]))
+
+
+def _comparison(args: argparse.Namespace) -> dict[str, Any]:
+    """The release comparison of run ``args.old`` with run ``args.new`` (comparison.json)."""
+    from audit.regression import CompareError, compare_paths
+
+    pairs: dict[str, str] = {}
+    for item in args.pair or []:
+        new, old = _split_pair(item)
+        if not new or not old or new in pairs:
+            why = f"{new!r} is paired twice" if new in pairs else "expected NEW=OLD model names"
+            raise CompareError(f"--pair {item}: {why}")
+        pairs[new] = old
+    return compare_paths(args.old, args.new, pairs=pairs or None, suite=args.suite)
+
+
+def _split_pair(item: str) -> tuple[str, str]:
+    """``NEW=OLD`` split at the first ``=`` outside brackets (sweep members: ``lora[steps=4]``)."""
+    depth = 0
+    for i, char in enumerate(item):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "=" and depth == 0:
+            return item[:i], item[i + 1 :]
+    return item, ""
+
+
+def _compare_out(args: argparse.Namespace, result: dict[str, Any]) -> Path:
+    """``--out``, else reports/compare-<old suite>-vs-<new suite>; never a compared run's dir."""
+    from audit.regression import CompareError, default_out_dir
+
+    out_dir = Path(args.out) if args.out else default_out_dir(result)
+    for side in ("old", "new"):
+        if out_dir.resolve() == Path(result[side]["path"]).resolve().parent:
+            raise CompareError(f"--out {out_dir} is the {side} run's directory; choose another")
+    return out_dir
+
+
+def _summarize_comparison(result: dict[str, Any], report: Path, *, quiet: bool) -> None:
+    for g in result["gates"]:
+        if not (quiet and g["passed"]):
+            mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
+            _out.print(f"{mark} {escape(g['name'])} — {escape(g['model'])}: {escape(g['detail'])}")
+    for f in result["failures"]:
+        _out.print(f"[red]ERROR[/] new run: {escape(f['step'])}: {escape(f['error'])}")
+    for w in [] if quiet else result["warnings"]:
+        _out.print(f"[yellow]WARN[/] {escape(w)}")
+    rows = [c for c in result["comparisons"] if c["p_value"] is not None and c["p_value"] < 0.05]
+    worse = sum(c["delta"] != 0 and (c["delta"] > 0) != c["higher_is_better"] for c in rows)
+    better = sum(c["delta"] != 0 and (c["delta"] > 0) == c["higher_is_better"] for c in rows)
+    _out.print(
+        f"{len(result['comparisons'])} comparisons of {len(result['pairs'])} models: "
+        f"{worse} significantly worse, {better} significantly better (p < 0.05)"
+    )
+    verdict = result["verdict"].upper()
     colour = {"PASS": "green", "FAIL": "red"}.get(verdict, "magenta")
     _out.print(f"[bold {colour}]{verdict}[/] — report: {escape(str(report))}")
 
@@ -175,6 +303,40 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("results")
     rep.add_argument("--out", help="output file (default: index.html beside results.json)")
     rep.set_defaults(func=cmd_report)
+    cmp = sub.add_parser(
+        "compare",
+        help="compare a candidate release's run with the last shipped one's, and gate it",
+        epilog="Exit codes: 0 gates passed, 1 a gate failed, 2 invalid input, "
+        "3 the new run has failed steps.",
+    )
+    cmp.add_argument("old", help="the shipped run: its results.json or its output directory")
+    cmp.add_argument("new", help="the candidate run: its results.json or its output directory")
+    cmp.add_argument(
+        "--out", help="output directory (default: reports/compare-<old suite>-vs-<new suite>/)"
+    )
+    cmp.add_argument(
+        "--pair",
+        action="append",
+        metavar="NEW=OLD",
+        help="compare model NEW of the new run with model OLD of the old run (repeatable; "
+        "other models are matched by name)",
+    )
+    cmp.add_argument("--suite", help="take the gates from this suite file, not the new run's")
+    cmp.add_argument("--quiet", action="store_true", help="print only failed gates and errors")
+    cmp.set_defaults(func=cmd_compare)
+
+    for command in (run, cmp):
+        command.add_argument(
+            "--junit", metavar="PATH", help="write a JUnit XML file: one testcase per gate × model"
+        )
+        command.add_argument(
+            "--summary",
+            metavar="PATH",
+            help="write a markdown summary (default: append to $GITHUB_STEP_SUMMARY when set)",
+        )
+    gal = sub.add_parser("gallery", help="rewrite ROOT/index.html, the list of runs under ROOT")
+    gal.add_argument("root", nargs="?", default="reports", help="output root (default: reports)")
+    gal.set_defaults(func=cmd_gallery)
     sub.add_parser("list", help="list installed plug-ins").set_defaults(func=cmd_list)
     sub.add_parser("schema", help="print the suite JSON schema").set_defaults(func=cmd_schema)
     org = sub.add_parser("organism", help="the built-in model organism")

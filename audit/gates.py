@@ -16,12 +16,14 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.4g}"
 
 
-def _gate_name(gate: GateSpec, index: int) -> str:
+def gate_name(gate: GateSpec, index: int) -> str:
+    """A gate's ``name``, else one made from its position, metric and rule."""
     rule, threshold = gate.rule
     return gate.name or f"gate {index + 1}: {gate.metric} {rule} {threshold:g}"
 
 
-def _absolute(gate: GateSpec, name: str, model: str, value: float | None, why: str) -> GateRowT:
+def absolute_gate(gate: GateSpec, name: str, model: str, value: float | None, why: str) -> GateRowT:
+    """The row of a ``min`` / ``max`` rule on ``model``'s ``value`` (None: fails, with ``why``)."""
     rule, threshold = gate.rule
     if value is None:
         passed, detail = False, f"no value for {gate.metric} [{gate.slice}] on {model}: {why}"
@@ -41,11 +43,23 @@ def _absolute(gate: GateSpec, name: str, model: str, value: float | None, why: s
     )
 
 
-def _relative(
-    gate: GateSpec, name: str, model: str, baseline: str, row: ComparisonRowT | None, why: str
+def relative_gate(
+    gate: GateSpec,
+    name: str,
+    model: str,
+    baseline: str,
+    row: ComparisonRowT | None,
+    why: str,
+    *,
+    versus: str | None = None,
 ) -> GateRowT:
+    """The row of a ``max_drop`` / ``max_rise`` rule on the comparison ``row`` of ``model``
+    with ``baseline`` (None: fails, with ``why``), respecting ``significant`` / ``alpha``.
+
+    ``versus`` names the baseline in the rule text (default: ``baseline``).
+    """
     rule, threshold = gate.rule
-    rule_text = f"{rule} {threshold:g} vs {baseline}" + (
+    rule_text = f"{rule} {threshold:g} vs {versus or baseline}" + (
         f" (significant at α={gate.alpha:g})" if gate.significant else ""
     )
     out = GateRowT(
@@ -122,7 +136,7 @@ def evaluate_gates(
     rows: list[GateRowT] = []
     suite = plan.suite
     for i, gate in enumerate(suite.file.gates):
-        name = _gate_name(gate, i)
+        name = gate_name(gate, i)
         ename, _, metric = gate.metric.partition(".")
         models = gated_models(plan, gate)
         for model in models:
@@ -138,7 +152,7 @@ def evaluate_gates(
                     ),
                     None,
                 )
-                rows.append(_absolute(gate, name, model, value, why))
+                rows.append(absolute_gate(gate, name, model, value, why))
                 continue
             for baseline in _baselines_for(gate, plan, model):
                 row = next(
@@ -150,7 +164,7 @@ def evaluate_gates(
                     ),
                     None,
                 )
-                rows.append(_relative(gate, name, model, baseline, row, why))
+                rows.append(relative_gate(gate, name, model, baseline, row, why))
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pandas as pd
 import pytest
@@ -102,8 +103,8 @@ def _suite(tmp_path: Path, tiny: Path, gate: str = "max_drop = 0.05", tokens: in
     return suite
 
 
-def _run(suite: Path, out: Path) -> tuple[int, dict]:
-    code = main(["run", str(suite), "--out", str(out), "--quiet"])
+def _run(suite: Path, out: Path, *extra: str) -> tuple[int, dict]:
+    code = main(["run", str(suite), "--out", str(out), "--quiet", *extra])
     return code, json.loads((out / "results.json").read_text())
 
 
@@ -113,10 +114,16 @@ def _executed(results: dict) -> list[str]:
 
 def test_run_writes_outputs_gates_and_caches(tiny_checkpoint: Path, tmp_path: Path) -> None:
     suite = _suite(tmp_path, tiny_checkpoint)
-    code, results = _run(suite, tmp_path / "out")
+    ci = ["--junit", str(tmp_path / "ci" / "junit.xml"), "--summary", str(tmp_path / "s.md")]
+    code, results = _run(suite, tmp_path / "out", *ci)
 
     # A LoRA fine-tune on compliant answers stops the model refusing: the drift gate fails.
     assert code == 1 and results["verdict"] == "fail"
+    # ... and CI reads the same from the JUnit file and the step summary
+    junit = ElementTree.parse(tmp_path / "ci" / "junit.xml").getroot()
+    failed = sum(not g["passed"] for g in results["gates"])
+    assert (junit.get("tests"), junit.get("failures")) == (str(len(results["gates"])), str(failed))
+    assert failed >= 1 and "FAIL" in (tmp_path / "s.md").read_text()
     for name in ("results.json", "samples.jsonl", "index.html"):
         assert (tmp_path / "out" / name).is_file()
     metrics = pd.DataFrame(results["metrics"])
