@@ -268,15 +268,16 @@ def payloads() -> list[str]:
     return list(HOSTILE)
 
 
-def _assert_inert(opened: OpenedPage) -> None:
-    """Nothing ran but the report's own script, nothing was fetched, nothing logged an error."""
+def _assert_inert(opened: OpenedPage, scripts: int = 1) -> None:
+    """Nothing ran but the page's own ``scripts`` (the run report has one, the gallery and the
+    comparison page none), nothing was fetched, nothing logged an error."""
     page = opened.page
     assert opened.errors == []
     assert opened.console_errors == []
     assert opened.requests == []
     # Playwright's own evaluation works with the page's JavaScript off too
     assert page.evaluate("() => window.__pwned") is None
-    assert page.evaluate("() => document.scripts.length") == 1
+    assert page.evaluate("() => document.scripts.length") == scripts
     handlers = page.evaluate(
         """() => [...document.querySelectorAll('*')].flatMap(e =>
                [...e.attributes].filter(a => a.name.startsWith('on')).map(a => a.name))"""
@@ -287,6 +288,6 @@ def _assert_inert(opened: OpenedPage) -> None:
 
 
 @pytest.fixture
-def assert_inert() -> Callable[[OpenedPage], None]:
+def assert_inert() -> Callable[..., None]:
     """Checks an opened report ran nothing but its own script and fetched nothing."""
     return _assert_inert

@@ -3,12 +3,16 @@ visible, sorting works, and hostile model outputs stay inert text, with JavaScri
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from audit.regression import compare_runs
+from audit.report.compare_render import render_comparison
+from audit.report.gallery import write_gallery
 from audit.report.render import render_report
 
 SECTIONS = ["#verdicts", "#lineage", "#scorecard", "#evaluator-1", "#models", "#provenance"]
@@ -181,3 +185,35 @@ def test_click_to_sort_and_to_drill_down(
     summary.click()
     assert traceback.is_visible() and traceback.inner_text() == payloads[6]
     assert opened.console_errors == [] and opened.errors == []
+
+
+def test_comparison_page_and_gallery_are_inert(
+    tmp_path: Path,
+    open_page: Callable[..., Any],
+    payloads: list[str],
+    assert_inert: Callable[..., None],
+) -> None:
+    """The other pages users share: the release comparison and the gallery of runs."""
+    old, old_samples = hostile_run(payloads)
+    new, new_samples = hostile_run(payloads)
+    for sample in new_samples[: len(payloads) // 2]:
+        sample["value"] = 0.0  # the new release refuses less: a paired worsening
+    comparison = compare_runs(old, old_samples, new, new_samples)
+    page = render_comparison(comparison, tmp_path / "compare" / "index.html")
+    opened = open_page(page)
+    assert_inert(opened, scripts=0)
+    for section in ("#verdict", "#regressions", "#coverage", "#provenance"):
+        assert opened.page.locator(section).is_visible(), section
+
+    run_dir = tmp_path / "run"
+    render_report(old, old_samples, run_dir / "index.html")
+    (run_dir / "results.json").write_text(json.dumps(old))
+    (tmp_path / "compare" / "comparison.json").write_text(json.dumps(comparison))
+    gallery = open_page(write_gallery(tmp_path))
+    assert_inert(gallery, scripts=0)
+    links = gallery.page.locator("a[href$='index.html']")
+    assert sorted(link.get_attribute("href") for link in links.all()) == [
+        "compare/index.html",
+        "run/index.html",
+    ]
+    assert payloads[3] in gallery.page.inner_text("body")  # the hostile title, as text
