@@ -17,7 +17,6 @@ cannot add raw HTML, links, code spans or table cells.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from audit.report.render import _float
 from audit.store import atomic_write_text
 
 SUMMARY_LIMIT = 1_000_000
@@ -86,19 +86,9 @@ def _exit_code(results: Mapping[str, Any], verdict: str) -> int:
     return _EXIT.get(verdict, 3)
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def _fmt(value: Any) -> str:
     """A gate's observed value or threshold: 4 significant digits, ``—`` when missing."""
-    number = _number(value)
+    number = _float(value)
     if number is not None:
         return f"{number:.4g}"
     return "—" if value is None else _clean(value)
@@ -143,7 +133,7 @@ def _classnames(gates: list[Mapping[str, Any]]) -> dict[str, str]:
 def _durations(results: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for s in _rows(results, "steps"):
-        d = _number(s.get("duration_s"))
+        d = _float(s.get("duration_s"))
         if d is not None and d >= 0:
             out[_clean(s.get("step"))] = d
     return out
@@ -183,7 +173,7 @@ def _total_time(results: Mapping[str, Any], durations: dict[str, float]) -> floa
 def _gate_message(gate: Mapping[str, Any]) -> str:
     rule = _clean(gate.get("rule")) or "no rule"
     threshold = _fmt(gate.get("threshold"))
-    if _number(gate.get("observed")) is None:
+    if _float(gate.get("observed")) is None:
         return f"no value vs threshold {threshold} ({rule})"
     return f"observed {_fmt(gate.get('observed'))} vs threshold {threshold} ({rule})"
 

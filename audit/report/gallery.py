@@ -14,8 +14,6 @@ links are relative paths built here from directory names (URL-quoted), never tak
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -42,6 +40,7 @@ from audit.report.render import (
     _table,
     _text,
     verdict,
+    write_page,
 )
 
 RESULTS = "results.json"
@@ -599,16 +598,4 @@ def write_gallery(root: Path, max_depth: int = 3) -> Path:
         raise GalleryError(f"{root} is not a directory")
     target = root / "index.html"
     _check_target(target)
-    page = render_gallery(root, find_runs(root, max_depth=max_depth))
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_page(target, render_gallery(root, find_runs(root, max_depth=max_depth)))

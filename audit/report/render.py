@@ -940,8 +940,13 @@ def render_report(
     """
     out_path = Path(out_path)
     target = out_path if out_path.suffix in (".html", ".htm") else out_path / "index.html"
+    return write_page(target, render_html(results, samples, max_flips=max_flips))
+
+
+def write_page(target: Path, page: str) -> Path:
+    """Write ``page`` to ``target`` through a temporary file beside it and a rename (readable
+    by all, like any published page): readers see the old page or the new one, never half."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    page = render_html(results, samples, max_flips=max_flips)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
