@@ -1,4 +1,5 @@
-"""Command-line interface: ``audit run | validate | report | compare | gallery | list | schema``.
+"""Command-line interface: ``audit run | validate | report | compare | gallery | list | schema``
+(and ``audit cache prune``, :mod:`audit.prune`).
 
 ``audit compare OLD NEW`` compares a candidate release's run (NEW) with the last shipped one's
 (OLD) and applies release gates to the change (:mod:`audit.regression`); it writes
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.markup import escape
 
 from audit.gates import EXIT_CRASHED, EXIT_INVALID, EXIT_OK
+from audit.terminal import escape  # markup escaped and control characters made visible
 
 if TYPE_CHECKING:
     from audit.suite import Suite
@@ -65,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store(cache)
     plan = build_plan(suite, hash_cache=cache / "file-hashes")
     outcome = Runner(plan, store, Progress(quiet=args.quiet), device=args.device).run()
+    store.close()  # release the entries this run used: `audit cache prune` may take them now
     results, samples = assemble(plan, outcome, started, args.device)
     report = write_outputs(out_dir, results, samples)
     _update_gallery(out_dir.resolve().parent)
@@ -93,7 +95,9 @@ def _ci_outputs(results: dict[str, Any], args: argparse.Namespace, report: Path,
         try:
             write_summary(path, markdown_summary(results, report=str(report)), append=append)
         except OSError as e:
-            _err.print(f"[red]error[/] cannot write the summary {path}: {escape(str(e))}")
+            _err.print(
+                f"[red]error[/] cannot write the summary {escape(str(path))}: {escape(str(e))}"
+            )
             failed = True
     return EXIT_CRASHED if failed and code == EXIT_OK else code
 
@@ -104,12 +108,17 @@ def _default_out(suite: Suite) -> Path:
     return Path("reports") / suite.name
 
 
+def _field(text: object) -> str:
+    """A name or detail of a one-line record (a gate, a step), escaped, newlines too."""
+    return escape(text, newlines=False)
+
+
 def _summarize(results: dict[str, Any], executed: list[str], report: Path) -> None:
     for g in results["gates"]:
         mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
-        _out.print(f"{mark} {escape(g['name'])} — {escape(g['model'])}: {escape(g['detail'])}")
+        _out.print(f"{mark} {_field(g['name'])} — {_field(g['model'])}: {_field(g['detail'])}")
     for f in results["failures"]:
-        _out.print(f"[red]ERROR[/] {escape(f['step'])}: {escape(f['error'])}")
+        _out.print(f"[red]ERROR[/] {_field(f['step'])}: {escape(f['error'])}")
     n = len(results["steps"])
     _out.print(f"{len(executed)} of {n} steps executed, {n - len(executed)} cached or skipped")
     verdict = results["verdict"].upper()
@@ -193,9 +202,9 @@ def _summarize_comparison(result: dict[str, Any], report: Path, *, quiet: bool) 
     for g in result["gates"]:
         if not (quiet and g["passed"]):
             mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
-            _out.print(f"{mark} {escape(g['name'])} — {escape(g['model'])}: {escape(g['detail'])}")
+            _out.print(f"{mark} {_field(g['name'])} — {_field(g['model'])}: {_field(g['detail'])}")
     for f in result["failures"]:
-        _out.print(f"[red]ERROR[/] new run: {escape(f['step'])}: {escape(f['error'])}")
+        _out.print(f"[red]ERROR[/] new run: {_field(f['step'])}: {escape(f['error'])}")
     for w in [] if quiet else result["warnings"]:
         _out.print(f"[yellow]WARN[/] {escape(w)}")
     rows = [c for c in result["comparisons"] if c["p_value"] is not None and c["p_value"] < 0.05]
@@ -269,10 +278,69 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     progress.end()
     quality = json.loads((entry / "model" / "quality.json").read_text())
     _out.print(
-        f"organism:{escape(args.name)} — {entry / 'model'}" + (" (cached)" if cached else "")
+        f"organism:{escape(args.name)} — {escape(str(entry / 'model'))}"
+        + (" (cached)" if cached else "")
     )
     _out.print(json.dumps(quality, indent=2))
     return EXIT_OK
+
+
+def cmd_cache_prune(args: argparse.Namespace) -> int:
+    from audit.prune import prune
+    from audit.resources import format_size
+    from audit.store import Store
+
+    if args.older_than is None and args.max_size is None:
+        _err.print("[red]error[/] give --older-than DAYS, --max-size SIZE or both")
+        return EXIT_INVALID
+    root = Path(args.cache)
+    if not root.is_dir():
+        _err.print(f"[red]error[/] no store at {escape(str(root))}")
+        return EXIT_INVALID
+    result = prune(
+        Store(root), older_than_days=args.older_than, max_size=args.max_size, dry_run=args.dry_run
+    )
+    for item in result.chosen:
+        when = datetime.fromtimestamp(item.last_used, UTC).strftime("%Y-%m-%d %H:%M")
+        status = {"in use": "skipped (in use by a running process)"}.get(item.status, item.status)
+        _out.print(
+            f"{escape(status)} {escape(item.key[:16])}  {format_size(item.size)}  "
+            f"last used {when} UTC  ({_PRUNE_REASONS[item.reason]})"
+        )
+    verb = "would free" if args.dry_run else "freed"
+    skipped = sum(i.status == "in use" for i in result.chosen)
+    _out.print(
+        f"{verb} {format_size(result.freed)} of {format_size(result.size_before)}; "
+        f"store {'would be' if args.dry_run else 'is now'} {format_size(result.size_after)}"
+        + (f"; {skipped} entries in use skipped" if skipped else "")
+    )
+    return EXIT_OK
+
+
+_PRUNE_REASONS = {
+    "age": "unused too long",
+    "size": "over size",
+    "stale": "left by a killed build",
+}
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (0 or more)")
+    return days
+
+
+def _size_arg(text: str) -> int:
+    from audit.resources import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -346,12 +414,31 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--cache", default=".audit-cache", help="store directory")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=cmd_organism_build)
+    cache = sub.add_parser("cache", help="manage the store")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    prn = cache_sub.add_parser(
+        "prune",
+        help="remove least-recently-used store entries (never one a running process uses)",
+    )
+    prn.add_argument("--cache", default=".audit-cache", help="store directory")
+    prn.add_argument(
+        "--older-than", type=_days, metavar="DAYS", help="remove entries unused for DAYS days"
+    )
+    prn.add_argument(
+        "--max-size",
+        type=_size_arg,
+        metavar="SIZE",
+        help="then remove the least recently used until the store fits SIZE (10G, 500M, …)",
+    )
+    prn.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    prn.set_defaults(func=cmd_cache_prune)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``audit`` command."""
     from audit.data.records import DataError
+    from audit.models.loading import CheckpointNotFoundError, UnsafeCheckpointError
     from audit.suite import SuiteError
 
     args = parser().parse_args(argv)
@@ -361,7 +448,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for issue in e.issues:
             _err.print(f"[red]error[/] {escape(str(issue))}")
         return EXIT_INVALID
-    except (DataError, FileNotFoundError, json.JSONDecodeError) as e:
+    except (
+        DataError,
+        FileNotFoundError,
+        json.JSONDecodeError,
+        CheckpointNotFoundError,
+        UnsafeCheckpointError,
+    ) as e:
+        # a checkpoint a run names is missing or refused (an adapter's base outside the
+        # suite): found while planning, before any step runs
         _err.print(f"[red]error[/] {escape(str(e))}")
         return EXIT_INVALID
     except KeyboardInterrupt:

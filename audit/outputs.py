@@ -13,6 +13,7 @@ from typing import Any
 
 from audit import __version__, registry
 from audit.compare import all_comparisons
+from audit.faults import fault_point
 from audit.forgetting import forgetting_rows
 from audit.gates import evaluate_gates, exit_code
 from audit.plan import Plan, params_json
@@ -185,6 +186,7 @@ def write_outputs(out_dir: Path, results: dict[str, Any], samples: list[SampleRo
         out_dir / "samples.jsonl",
         "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples),
     )
+    fault_point("outputs.samples_written")
     render_report(results, samples, out_dir / "index.html")
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
     return out_dir / "index.html"

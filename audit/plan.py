@@ -98,13 +98,33 @@ def _load_key(spec: ModelSpec, suite: Suite, hash_cache: Path) -> tuple[str, Pat
     from audit.models.loading import resolve_source
 
     directory = resolve_source(source, suite_dir=suite.dir)
-    return step_key(
-        "load", content=content_hash(directory, suite.dir, hash_cache), **flags
-    ), directory
+    content = content_hash(directory, suite.dir, hash_cache, within=_checkpoint_roots(suite))
+    return step_key("load", content=content, **flags), directory
 
 
-def content_hash(directory: Path, suite_dir: Path, hash_cache: Path) -> list[str]:
-    """Hashes of a checkpoint's files; for a PEFT adapter, of its base's files too."""
+def _checkpoint_roots(suite: Suite) -> tuple[Path, ...]:
+    """Where the suite's adapters may find their base models: the suite's directory, the
+    ``path:`` checkpoints it names and the Hugging Face cache (see ``adapter_base``)."""
+    from audit.models.loading import CheckpointNotFoundError, resolve_source, suite_roots
+
+    named = []
+    for spec in suite.file.models.values():
+        if (spec.source or "").startswith("path:"):
+            try:
+                named.append(resolve_source(spec.source or "", suite_dir=suite.dir))
+            except (CheckpointNotFoundError, ValueError):
+                continue  # reported when that model's own key is computed
+    return suite_roots(suite.dir, named)
+
+
+def content_hash(
+    directory: Path, suite_dir: Path, hash_cache: Path, *, within: tuple[Path, ...] | None = None
+) -> list[str]:
+    """Hashes of a checkpoint's files; for a PEFT adapter, of its base's files too.
+
+    ``within``: where an adapter's base may lie (an adapter whose base is elsewhere is refused
+    with ``UnsafeCheckpointError`` before anything is read from it).
+    """
     from audit.models.loading import adapter_base, hash_directory, is_peft_adapter
 
     cache_file = (
@@ -112,7 +132,8 @@ def content_hash(directory: Path, suite_dir: Path, hash_cache: Path) -> list[str
     )
     hashes = [hash_directory(directory, cache_file=cache_file)]
     if is_peft_adapter(directory):
-        hashes += content_hash(adapter_base(directory, suite_dir), suite_dir, hash_cache)
+        base = adapter_base(directory, suite_dir, within=within)
+        hashes += content_hash(base, suite_dir, hash_cache, within=within)
     return hashes
 
 

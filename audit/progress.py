@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,6 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.progress import Progress as RichProgress
+
+from audit.terminal import clean, escape
 
 
 class Progress:
@@ -80,7 +81,7 @@ class Progress:
         if self._bars is not None:
             self._bars.console.print(f"[yellow]{escape(message)}[/]")
         else:
-            print(message, file=sys.stderr)
+            print(clean(message), file=sys.stderr)
 
     def end(self) -> None:
         if self._bars is not None:

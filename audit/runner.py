@@ -17,10 +17,19 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from audit import registry
+from audit.faults import fault_point
 from audit.models.handle import ModelHandle
 from audit.plan import EvalStep, ModelStep, Plan
 from audit.plugins import EvalResult, MetricRow, RunContext, Sample
 from audit.progress import Progress
+from audit.resources import (
+    checkpoint_bytes,
+    describe_error,
+    ensure_free,
+    free_memory,
+    is_out_of_memory,
+    model_bytes,
+)
 from audit.store import Store
 
 T = TypeVar("T")
@@ -124,9 +133,13 @@ class Runner:
         self.handles: dict[str, ModelHandle] = {}
         self.outcome = RunOutcome()
         store.on_corrupt = self._on_corrupt  # type: ignore[method-assign]
+        store.on_wait = self._on_wait  # type: ignore[method-assign]
 
     def _on_corrupt(self, key: str, why: str) -> None:
         self.progress.note(f"store entry {key[:12]} failed verification ({why}); rebuilding")
+
+    def _on_wait(self, key: str) -> None:
+        self.progress.note(f"waiting for another run computing store entry {key[:12]}")
 
     def _context(self, work_dir: Path) -> RunContext:
         suite = self.plan.suite
@@ -156,16 +169,21 @@ class Runner:
         self.progress.start(record.step)
         start = time.perf_counter()
         future = self.executor.submit(lambda: self.store.get_or_build(key, build))
+        out_of_memory = False
         try:
             entry, record.cached = future.result()
-        except Exception as e:
+        except Exception as e:  # MemoryError and torch's OutOfMemoryError included
             record.status = "failed"
             self.outcome.failures.append(
-                Failure(record.step, f"{type(e).__name__}: {e}", traceback.format_exc())
+                Failure(record.step, describe_error(e), traceback.format_exc())
             )
             entry = None
+            out_of_memory = is_out_of_memory(e)
         else:
             record.status = "ok"
+        if out_of_memory:
+            del future  # it holds the error, whose traceback holds the step's tensors
+            free_memory()
         record.duration_s = round(time.perf_counter() - start, 3)
         self.progress.finish(record.step, record.status, record.cached)
         return entry
@@ -184,7 +202,11 @@ class Runner:
             plugin = registry.interventions.get(step.spec.intervention)(step.params)
             (tmp / "work").mkdir()
             inputs = {n: self.handles[n] for n in step.inputs}
+            what = f"model {step.name!r}"  # fail early, not halfway through writing it
+            parents = max((checkpoint_bytes(h.path) for h in inputs.values()), default=0)
+            ensure_free(self.store.root, parents, what)
             out = plugin.apply(inputs, self._context(tmp / "work"))
+            ensure_free(self.store.root, model_bytes(out.model), what)
             out.model.save_pretrained(tmp / "model", safe_serialization=True)
             out.tokenizer.save_pretrained(tmp / "model")
             return {"intervention": step.spec.intervention, "training": out.info}
@@ -218,6 +240,7 @@ class Runner:
         entry = self._run_step(record, step.key, build)
         if entry is not None:
             self.outcome.results[(step.model, step.evaluator)] = _read_result(entry)
+            fault_point("runner.eval_done")
 
     def _release_unneeded(self, done: set[str]) -> None:
         needed = {self.plan.suite.reference}

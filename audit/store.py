@@ -3,11 +3,19 @@
 Layout under the store root (default ``.audit-cache/``)::
 
     entries/<key>/          a finished step: its files plus MANIFEST.json (size + sha256)
-    tmp/<key>.<pid>.<rand>/ a step being written; renamed into entries/ when complete
-    locks/<key>.lock        held while a step is computed, so two runs compute it once
+    tmp/<key>.<pid>.<rand>/ a step being written; renamed into entries/ when complete (one
+                            left by a killed run is never read, and is removed by the next
+                            run that builds that key)
+    locks/<key>.lock        flock-ed while a step is computed, so two runs compute it once
+                            (the kernel drops the lock when its process dies, even by SIGKILL)
 
 An entry is only ever visible complete: it is built in ``tmp/``, fsynced, then renamed. On
 read the manifest is checked; an entry that fails the check is moved aside and rebuilt.
+
+Reading an entry marks it used (its directory's mtime) and takes a shared lock on
+``locks/<key>.use`` that the reading process keeps until :meth:`Store.close`, so
+``audit cache prune`` (:mod:`audit.prune`), which removes least-recently-used entries, skips
+every entry a running process builds or uses.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from audit.faults import fault_point
 
 MANIFEST = "MANIFEST.json"
 _FULL_HASH_LIMIT = 64 * 2**20  # files above this are checked by size on read
@@ -56,11 +66,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(f"write:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -69,6 +84,7 @@ class Store:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._held: dict[str, Any] = {}  # key → open use-lock file (shared flock)
 
     def _entry(self, key: str) -> Path:
         return self.root / "entries" / key
@@ -83,6 +99,8 @@ class Store:
         for p in [*_files(directory), directory / MANIFEST]:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+        for d in [*(p for p in directory.rglob("*") if p.is_dir()), directory]:
+            _fsync_dir(d)  # the files' names too, before the rename publishes them
 
     def verify(self, key: str) -> tuple[bool, str]:
         """Whether the entry for ``key`` is complete and intact, and why not."""
@@ -99,17 +117,28 @@ class Store:
                 return False, f"{rel}: checksum mismatch"
         return True, ""
 
-    def get(self, key: str) -> Path | None:
+    def get(self, key: str, *, quarantine: bool = True) -> Path | None:
         """The entry directory for ``key`` if it exists and verifies, else ``None``.
 
-        A corrupted entry is moved to ``corrupt/`` (kept for inspection) and reported as absent.
+        A corrupted entry is moved to ``corrupt/`` (kept for inspection) and reported as absent;
+        with ``quarantine=False`` it is only reported absent (callers without the step lock must
+        not move an entry that another run may be rebuilding in place).
         """
         entry = self._entry(key)
         if not entry.exists():
             return None
+        self._hold(key)  # before the check: once held, a prune cannot take the entry away
+        if not entry.exists():
+            self._release(key)
+            return None
         ok, why = self.verify(key)
         if ok:
+            with contextlib.suppress(OSError):  # last use, for `audit cache prune`
+                os.utime(entry)
             return entry
+        self._release(key)
+        if not quarantine:
+            return None
         corrupt = self.root / "corrupt" / f"{key}.{uuid.uuid4().hex[:8]}"
         corrupt.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
@@ -117,8 +146,62 @@ class Store:
         self.on_corrupt(key, why)
         return None
 
+    def _hold(self, key: str) -> None:
+        """Hold ``key``'s use lock (shared) until :meth:`close`; a prune skips held entries.
+
+        A store this process cannot write (a read-only cache) is read without the lock.
+        """
+        if key in self._held:
+            return
+        path = self.root / "locks" / f"{key}.use"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a")  # noqa: SIM115 - kept open until close()
+        except OSError:
+            return
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH)
+        except OSError:
+            f.close()
+            return
+        self._held[key] = f
+
+    def _release(self, key: str) -> None:
+        f = self._held.pop(key, None)
+        if f is not None:
+            f.close()
+
+    def close(self) -> None:
+        """Release every entry this process used (a run calls it when done; exit does too)."""
+        for key in list(self._held):
+            self._release(key)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @contextlib.contextmanager
+    def exclusive(self, key: str) -> Iterator[bool]:
+        """Try, without waiting, to hold ``key`` alone: its step lock and its use lock.
+
+        Yields whether both were taken: ``False`` while any process builds or uses the entry.
+        """
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{key}.lock", "a") as step, open(locks / f"{key}.use", "a") as use:
+            try:
+                fcntl.flock(step, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = True
+            except BlockingIOError:
+                taken = False
+            yield taken  # closing the files releases the locks
+
     def on_corrupt(self, key: str, why: str) -> None:
         """Called when an entry fails verification; the runner reports it."""
+
+    def on_wait(self, key: str) -> None:
+        """Called when another process holds ``key``'s step lock; the runner reports it."""
 
     def meta(self, key: str) -> dict[str, Any]:
         """The metadata stored with an entry."""
@@ -131,7 +214,11 @@ class Store:
         path = self.root / "locks" / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.on_wait(key)
+                fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -149,10 +236,13 @@ class Store:
         try:
             meta = build(tmp)
             self._write_manifest(tmp, meta)
+            fault_point("store.publish")
             entry = self._entry(key)
             entry.parent.mkdir(parents=True, exist_ok=True)
-            if entry.exists():
-                shutil.rmtree(entry)
+            if entry.exists():  # never deleted in place: readers see it whole or not at all
+                old = tmp_root / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
+                os.replace(entry, old)
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, entry)
             _fsync_dir(entry.parent)
             return entry
@@ -161,12 +251,19 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def get_or_build(self, key: str, build: Callable[[Path], dict[str, Any]]) -> tuple[Path, bool]:
-        """The entry for ``key``, building it under the step lock if needed; (path, was_cached)."""
-        entry = self.get(key)
+        """The entry for ``key``, building it under the step lock if needed; (path, was_cached).
+
+        Under the lock, a corrupted entry is moved aside and ``tmp/`` directories of ``key`` left
+        by a killed builder are removed (every builder holds the lock, so they are dead ones').
+        """
+        entry = self.get(key, quarantine=False)
         if entry is not None:
             return entry, True
         with self.lock(key):
             entry = self.get(key)
             if entry is not None:
                 return entry, True
+            for stale in (self.root / "tmp").glob(f"{key}.*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            self._hold(key)
             return self.put(key, build), False

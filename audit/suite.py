@@ -17,14 +17,23 @@ import fnmatch
 import hashlib
 import json
 import re
+import sys
 import tomllib
 import types
+import unicodedata
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from audit import registry
 from audit.plugins import DataRefMarker, ModelRefMarker, Params
@@ -41,17 +50,45 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    return value
+
+
+_MAX_NAME_BYTES = 120  # "compare-<old>-vs-<new>" must stay a valid file name (255 bytes)
+
+
+def _suite_name(value: str) -> str:
+    """A suite name is a directory name (reports/<name>/): one path component, printable."""
+    if not value.strip():
+        raise ValueError("the suite name cannot be empty")
+    if "/" in value or "\\" in value or value in (".", ".."):
+        raise ValueError("the suite name is a directory name: no '/', '\\', '.' or '..'")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("the suite name cannot contain control characters")
+    if len(value.encode("utf-8")) > _MAX_NAME_BYTES:
+        raise ValueError(f"the suite name is longer than {_MAX_NAME_BYTES} bytes")
+    return value
+
+
 class SuiteMeta(Strict):
     """``[suite]``: the run's name, seed, reference model and cache location."""
 
-    name: str = Field(description="Name of the suite; the default output dir is reports/<name>/.")
-    seed: int = Field(0, description="Seed for every random procedure of the run.")
+    name: Annotated[str, AfterValidator(_suite_name)] = Field(
+        description="Name of the suite; the default output dir is reports/<name>/."
+    )
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="Seed for every random procedure of the run (0 … 2³²−1)."
+    )
     reference: str | None = Field(
         None,
         description="The model every other model is compared with (default: the first "
         "model with a `source`).",
     )
-    cache_dir: str = Field(".audit-cache", description="The store, relative to the suite file.")
+    cache_dir: Annotated[str, AfterValidator(_no_nul)] = Field(
+        ".audit-cache", description="The store, relative to the suite file."
+    )
     description: str = ""
 
 
@@ -112,10 +149,10 @@ class GateSpec(Strict):
     vs: str = Field(
         "reference", description='Baseline for max_drop/max_rise: "reference", "parent" or a name.'
     )
-    min: float | None = None
-    max: float | None = None
-    max_drop: float | None = None
-    max_rise: float | None = None
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+    max_drop: float | None = Field(None, allow_inf_nan=False)
+    max_rise: float | None = Field(None, allow_inf_nan=False)
     significant: bool = Field(False, description="Fire only when the paired test rejects.")
     alpha: float = Field(0.05, gt=0, lt=1)
 
@@ -165,7 +202,9 @@ class ReportSpec(Strict):
     """``[report]``: where and how the report is written."""
 
     title: str | None = None
-    output_dir: str | None = Field(None, description="Default: reports/<suite name>/.")
+    output_dir: Annotated[str, AfterValidator(_no_nul)] | None = Field(
+        None, description="Default: reports/<suite name>/."
+    )
     max_flipped: int = Field(50, ge=0, description="Flipped samples shown per evaluator.")
 
 
@@ -428,13 +467,14 @@ class _Checker:
             loc = tuple(
                 p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))
             )
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden" and loc:
                 msg = f"unknown key {loc[-1]!r}{did_you_mean(str(loc[-1]), allowed(loc))}"
             elif e["type"] == "missing":
                 msg = "required key is missing"
             elif "input" in e and e["type"] not in ("value_error",):
-                msg = f"{msg} (got {e['input']!r})"
+                got = repr(e["input"])
+                msg = f"{msg} (got {got if len(got) <= 200 else got[:200] + '…'})"
             self.add(prefix + loc, msg)
 
 
@@ -462,10 +502,10 @@ def _section_allowed(loc: tuple[str | int, ...]) -> list[str]:
 def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
     """Read and parse a TOML file, turning syntax errors into a :class:`SuiteError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte order mark is dropped
     except FileNotFoundError:
         raise SuiteError([SuiteIssue(str(path), None, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SuiteError([SuiteIssue(str(path), None, "", f"cannot read file ({e})")]) from None
     try:
         return text, tomllib.loads(text)
@@ -474,6 +514,20 @@ def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
         line = int(m.group(1)) if m else None
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise SuiteError([SuiteIssue(str(path), line, "", f"invalid TOML: {msg}")]) from None
+    except RecursionError:
+        why = "invalid TOML: arrays or inline tables nested too deeply"
+        line = _line_of_match(text, r"(?:[\[{][^\[\]{}\n]{0,40}){50}")
+        raise SuiteError([SuiteIssue(str(path), line, "", why)]) from None
+    except ValueError:  # an integer beyond Python's int/str digit limit
+        why = "invalid TOML: a number with too many digits"
+        line = _line_of_match(text, rf"\d{{{sys.get_int_max_str_digits() + 1}}}")
+        raise SuiteError([SuiteIssue(str(path), line, "", why)]) from None
+
+
+def _line_of_match(text: str, pattern: str) -> int | None:
+    """The line where ``pattern`` first matches in ``text``, if it does."""
+    m = re.search(pattern, text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
 
 
 def _validate_params(

@@ -181,6 +181,19 @@ def tiny_checkpoint_factory(
     return make
 
 
+@pytest.fixture(scope="session")
+def reference_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One uninterrupted ``audit run`` of a tiny LoRA + refusal + drift suite (a
+    ``forked_runs.Reference``), shared by the crash-safety, concurrency and determinism tests."""
+    from forked_runs import kill_all
+    from forked_runs import reference_run as run
+
+    reference = run(tiny_checkpoint, tmp_path_factory.mktemp("reference-run"))
+    yield reference
+    reference.fresh.close()
+    kill_all()
+
+
 # --- a real browser (headless Chromium through Playwright) ---------------------------------------
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

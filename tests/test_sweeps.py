@@ -230,7 +230,7 @@ def test_a_members_table_level_error_points_at_the_swept_key(tmp_path: Path) -> 
     text = BASE.replace("steps = 100\n", "steps = 100\nepochs = [1, 2]\n")
     found = issues(tmp_path, text)
     at = f"{tmp_path / 'suite.toml'}:{line(text, 'epochs = [')}: "
-    message = "Value error, give either 'steps' or 'epochs', not both"
+    message = "give either 'steps' or 'epochs', not both"
     assert found == [f"{at}models.plain[epochs={n}]: {message}" for n in (1, 2)]
 
 

@@ -12,7 +12,9 @@ Every data set is a jsonl file of flat records validated with pydantic; a malfor
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -20,6 +22,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 Split = Literal["train", "eval"]
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -70,7 +73,11 @@ def resolve_path(spec: str, *, suite_dir: Path) -> Path | None:
     if spec.startswith("organism:"):
         return None
     if spec.startswith("path:"):
-        path = Path(spec[len("path:") :]).expanduser()
+        path = Path(spec[len("path:") :])
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # "~user/…" for a user this machine does not know
+            raise DataError(f"{spec!r}: cannot expand '~' (no such user)") from None
         return path if path.is_absolute() else (suite_dir / path)
     if spec in shipped_names():
         return Path(str(resources.files("audit.data") / f"{spec}.jsonl"))
@@ -82,38 +89,77 @@ def resolve_path(spec: str, *, suite_dir: Path) -> Path | None:
 
 
 def read_jsonl(path: Path, shape: type[R]) -> list[R]:
-    """Read and validate a jsonl file; the first malformed line raises :class:`DataError`."""
-    if not path.is_file():
+    """Read and validate a jsonl file; the first malformed line raises :class:`DataError`.
+
+    Lines end at ``\\n`` (a ``\\r\\n`` ending is fine); blank lines are skipped; a UTF-8 byte
+    order mark at the start of the file is ignored. Bytes that are not UTF-8, numbers too long
+    to convert, and nesting too deep to parse are errors of their line, never a crash.
+    """
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise DataError(f"{path}: cannot read data file ({e})") from None
+    if not found:
         raise DataError(f"{path}: data file not found")
     records: list[R] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(raw, dict):
-                raise DataError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}"
-                )
-            raw.setdefault("id", f"{path.stem}-{lineno}")
-            try:
-                record = shape.model_validate(raw)
-            except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(str(p) for p in err["loc"]) or "record"
-                raise DataError(f"{path}:{lineno}: {where}: {err['msg']}") from None
-            rid = str(getattr(record, "id", lineno))
-            if rid in seen:
-                raise DataError(f"{path}:{lineno}: duplicate id {rid!r}")
-            seen.add(rid)
-            records.append(record)
+    try:
+        with open(path, "rb") as f:
+            for lineno, data in enumerate(f, start=1):
+                record = _parse_line(path, lineno, data, shape)
+                if record is None:
+                    continue
+                rid = str(getattr(record, "id", lineno))
+                if rid in seen:
+                    raise DataError(f"{path}:{lineno}: duplicate id {rid!r}")
+                seen.add(rid)
+                records.append(record)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read data file ({e.strerror or e})") from None
     if not records:
         raise DataError(f"{path}: no records")
     return records
+
+
+def _parse_line(path: Path, lineno: int, data: bytes, shape: type[R]) -> R | None:
+    """One line of a jsonl file as a record of ``shape``; ``None`` for a blank line."""
+    if lineno == 1 and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        line = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {e.start + 1})"
+        ) from None
+    if not line.strip():
+        return None
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as e:
+        msg = e.msg.removesuffix(" at")
+        raise DataError(f"{path}:{lineno}: not valid JSON ({msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # an integer literal beyond Python's int/str digit limit
+        raise DataError(
+            f"{path}:{lineno}: not valid JSON (a number with too many digits)"
+        ) from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
+    if _SURROGATE_ESCAPE.search(line):  # "\ud800" alone parses, but is no character to write
+        try:
+            json.dumps(raw, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"{path}:{lineno}: not valid text (a \\u escape of a lone surrogate)"
+            ) from None
+    raw.setdefault("id", f"{path.stem}-{lineno}")
+    try:
+        return shape.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        raise DataError(f"{path}:{lineno}: {where}: {err['msg']}") from None
 
 
 def load_records(spec: str, shape: type[R], *, suite_dir: Path, split: Split = "eval") -> list[R]:

@@ -7,10 +7,12 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from audit.faults import fault_point
 from audit.plugins import PairData, RunContext, TrainedModel
 from audit.plugins import Params as BaseParams
 
@@ -168,6 +170,7 @@ def fine_tune(
     work_dir.mkdir(parents=True, exist_ok=True)
     if not full:
         peft_model.save_pretrained(work_dir / "adapter", safe_serialization=True)
+        _sort_target_modules(work_dir / "adapter" / "adapter_config.json")
     with open(work_dir / "training_log.jsonl", "w", encoding="utf-8") as out:
         for row in log.rows:
             out.write(json.dumps(row) + "\n")
@@ -181,6 +184,15 @@ def fine_tune(
         "final_loss": log.rows[-1]["loss"] if log.rows else None,
     }
     return TrainedModel(model=merged, tokenizer=tokenizer, info=info)
+
+
+def _sort_target_modules(config: Path) -> None:
+    """Rewrite a saved adapter config with ``target_modules`` sorted: peft keeps them as a set,
+    saved in hash-seed order, and the store's files should not depend on the interpreter."""
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _target_modules(model: Any, params: LoraIntervention.Params) -> list[str] | None:
@@ -348,5 +360,6 @@ def _train(
         log.tokens += int(attention_mask.sum())
         log.target_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
         ctx.progress(name, step, total)
+        fault_point("train.step")
     peft_model.eval()
     return log

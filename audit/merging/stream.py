@@ -20,6 +20,9 @@ Inputs:
   either :func:`audit.models.loading.adapter_base` resolves to the same directory, or the two
   checkpoints hold byte-identical tensors (names, dtypes, shapes and data are hashed).
 
+Every input directory is vetted by :func:`audit.models.loading.check_contained` first: a
+symbolic link or a shard-index entry that leads outside it is refused (``UnsafeCheckpointError``).
+
 Rules: tensors that are not floating point, or whose shape differs across contributors, are
 copied from the base (listed in ``MergeStats.copied``); an input or output embedding whose shape
 differs (a different vocabulary) is an error. Tied weights (``lm_head`` tied to
@@ -143,7 +146,10 @@ class Checkpoint:
     """The safetensors tensors of a checkpoint directory (single file or sharded), read lazily."""
 
     def __init__(self, directory: Path, files: Sequence[Path] | None = None) -> None:
+        from audit.models.loading import check_contained
+
         self.directory = Path(directory)
+        check_contained(self.directory)  # no links or shard names leading out of it
         if files is None:
             files = _weight_files(self.directory)
         self.entries: dict[str, _Entry] = {}

@@ -8,7 +8,11 @@ directory whose ``adapter_config.json`` names its base model. Loading is safe by
   ``weights_only=True`` by default and peft's loader does too; we also pass it explicitly), so a
   pickle that would run code is refused rather than executed;
 - checkpoints that ship custom code (``auto_map``) need ``trust_remote_code = true``;
-- symbolic links that leave the checkpoint directory are refused;
+- symbolic links that leave the checkpoint directory are refused, and so are shard indexes
+  (``*.index.json``) whose ``weight_map`` names a file outside it;
+- in a suite, an adapter's base (``base_model_name_or_path``) must lie under the suite's
+  directory, under a checkpoint directory the suite itself names, or in the Hugging Face cache
+  (see :func:`adapter_base`'s ``within``);
 - nothing is ever downloaded while loading: ``local_files_only`` throughout.
 
 torch, transformers, peft and huggingface_hub are imported inside functions so that importing
@@ -23,7 +27,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +147,7 @@ def check_checkpoint(directory: Path, *, allow_pickle: bool, trust_remote_code: 
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointNotFoundError(f"Checkpoint directory {directory} does not exist.")
-    _check_links(directory)
+    check_contained(directory)
 
     files = sorted(p for p in directory.iterdir() if p.is_file())
     safe = [p for p in files if p.name.endswith(SAFE_SUFFIXES)]
@@ -192,13 +196,15 @@ def check_checkpoint(directory: Path, *, allow_pickle: bool, trust_remote_code: 
             )
 
 
-def _check_links(directory: Path) -> None:
-    """Refuse symbolic links under ``directory`` that resolve outside it.
+def check_contained(directory: Path) -> None:
+    """Refuse a checkpoint that would make a loader read files outside its directory.
 
+    That is a symbolic link under ``directory`` that resolves outside it, or a shard index
+    (``*.index.json``) whose ``weight_map`` names a file outside it (``../x``, ``/abs/x``).
     A Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV``) links into its repo's
     ``blobs`` folder; those links are allowed.
     """
-    root = directory.resolve()
+    root = Path(directory).resolve()
     allowed = [root]
     if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
         allowed.append(root.parent.parent / "blobs")
@@ -213,6 +219,18 @@ def _check_links(directory: Path) -> None:
                     f"Checkpoint {directory} contains a symbolic link {path.relative_to(root)} "
                     f"that points outside the checkpoint ({target}). Copy the file into the "
                     "checkpoint directory instead of linking to it."
+                )
+    for index in sorted(root.glob("*.index.json")):
+        weight_map = (_read_json(index) or {}).get("weight_map")
+        if not isinstance(weight_map, dict):
+            continue
+        for shard in sorted({str(v) for v in weight_map.values()}):
+            target = (root / shard).resolve()
+            if not any(target.is_relative_to(base) for base in allowed):
+                raise UnsafeCheckpointError(
+                    f"Checkpoint {directory}: the shard index {index.name} names a weights file "
+                    f"outside the checkpoint ({shard!r}). Shard names must be files of the "
+                    "checkpoint directory."
                 )
 
 
@@ -367,8 +385,16 @@ def _load_tokenizer(directory: Path, *, trust_remote_code: bool) -> Any:
         ) from error
 
 
-def adapter_base(adapter_dir: Path, suite_dir: Path | None) -> Path:
-    """The local directory of the base model a PEFT adapter was trained on."""
+def adapter_base(
+    adapter_dir: Path, suite_dir: Path | None, *, within: Sequence[Path] | None = None
+) -> Path:
+    """The local directory of the base model a PEFT adapter was trained on.
+
+    With ``within`` (a suite's :func:`suite_roots`), a local base path must resolve under one of
+    those directories: an adapter from elsewhere must not make the audit read whatever model
+    its config names (``/home/me/private-model``, ``../../../``). Hub ids are looked up in the
+    local cache only.
+    """
     config = _read_json(adapter_dir / "adapter_config.json") or {}
     base = config.get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
@@ -377,13 +403,28 @@ def adapter_base(adapter_dir: Path, suite_dir: Path | None) -> Path:
             "adapter_config.json); set it to the base checkpoint's directory or hub id."
         )
     anchor = Path(suite_dir) if suite_dir is not None else adapter_dir.resolve().parent
-    if base.startswith("path:"):
-        return resolve_source(base, suite_dir=anchor)
     if base.startswith("hf:"):
         repo_id, _, revision = base[3:].partition("@")
         return _snapshot(repo_id, revision or None, local_only=True)
-    path = Path(base).expanduser()
+    try:
+        path = Path(base.removeprefix("path:")).expanduser()
+    except RuntimeError:  # "~user/…" for a user this machine does not know
+        raise CheckpointNotFoundError(
+            f"Base model {base!r} of adapter {adapter_dir}: cannot expand '~' (no such user)."
+        ) from None
     candidate = path if path.is_absolute() else anchor / path
+    if within is not None:
+        target = candidate.resolve()
+        if not any(target.is_relative_to(Path(root).resolve()) for root in within):
+            raise UnsafeCheckpointError(
+                f"Adapter {adapter_dir} names its base model {base!r} (base_model_name_or_path "
+                f"in adapter_config.json), which is {target}: outside the suite's directory, "
+                "every checkpoint the suite names and the Hugging Face cache. Put the base "
+                "model under the suite's directory or name it in the suite (a [models.NAME] "
+                'table with source = "path:DIR"), or write its hub id in adapter_config.json.'
+            )
+    if base.startswith("path:"):
+        return resolve_source(base, suite_dir=anchor)
     if candidate.is_dir():
         return candidate
     if not path.is_absolute() and _HUB_ID.fullmatch(base):
@@ -392,6 +433,18 @@ def adapter_base(adapter_dir: Path, suite_dir: Path | None) -> Path:
     raise CheckpointNotFoundError(
         f"Base model {base!r} of adapter {adapter_dir} was not found (looked for {candidate})."
     )
+
+
+def suite_roots(suite_dir: Path, checkpoints: Iterable[Path] = ()) -> tuple[Path, ...]:
+    """Where a suite's adapters may find their base models (:func:`adapter_base`'s ``within``).
+
+    The suite's directory, the ``checkpoints`` it names (``path:`` sources) and the Hugging Face
+    hub cache, all resolved.
+    """
+    from huggingface_hub import constants
+
+    roots = [Path(suite_dir), *checkpoints, Path(constants.HF_HUB_CACHE)]
+    return tuple(dict.fromkeys(Path(r).expanduser().resolve() for r in roots))
 
 
 # --------------------------------------------------------------------------- fingerprints

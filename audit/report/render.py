@@ -30,6 +30,7 @@ from markupsafe import Markup
 from pandas.io.formats.style import Styler
 
 import audit
+from audit.faults import fault_point
 
 ALPHA = 0.05
 """A paired test below this p-value counts as significant (bold and starred)."""
@@ -954,6 +955,7 @@ def write_page(target: Path, page: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        fault_point(f"write:{target.name}")
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

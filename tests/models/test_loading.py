@@ -191,6 +191,34 @@ def test_symlink_outside_directory_is_refused(tiny_checkpoint: Path, tmp_path: P
         load_checkpoint(directory)
 
 
+def test_shard_index_naming_a_file_outside_is_refused(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from audit.merging.stream import Checkpoint
+
+    directory = _copy(tiny_checkpoint, tmp_path / "sharded")
+    (tmp_path / "other.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
+    (directory / "model.safetensors").rename(directory / "model-00001-of-00001.safetensors")
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "../other.safetensors"}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    for read in (
+        lambda: check_checkpoint(directory, allow_pickle=False, trust_remote_code=False),
+        lambda: Checkpoint(directory),  # the streaming merges' reader
+    ):
+        with pytest.raises(UnsafeCheckpointError, match="other.safetensors"):
+            read()
+
+
+def test_merge_input_with_a_link_outside_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from audit.merging.stream import Checkpoint
+
+    directory = _copy(tiny_checkpoint, tmp_path / "linked")
+    (directory / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (directory / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(UnsafeCheckpointError, match="model.safetensors"):
+        Checkpoint(directory)
+
+
 def test_symlink_inside_directory_is_fine(tiny_checkpoint: Path, tmp_path: Path) -> None:
     directory = _copy(tiny_checkpoint, tmp_path / "linked")
     (directory / "weights").mkdir()
@@ -319,6 +347,91 @@ def test_pickle_adapter_is_refused(lora_adapter: tuple[Path, torch.Tensor], tmp_
         load_checkpoint(adapter)
     model, tokenizer = load_checkpoint(adapter, allow_pickle=True)
     torch.testing.assert_close(_logits(model, tokenizer), lora_adapter[1], rtol=1e-4, atol=1e-5)
+
+
+def test_malicious_pickle_adapter_is_never_unpickled(
+    lora_adapter: tuple[Path, torch.Tensor], tmp_path: Path
+) -> None:
+    adapter = shutil.copytree(lora_adapter[0], tmp_path / "adapter")
+    (adapter / "adapter_model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"x": _Payload(marker)}, adapter / "adapter_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="allow_pickle = true"):
+        load_checkpoint(adapter)
+    with pytest.raises(UnsafeCheckpointError, match="weights-only"):
+        load_checkpoint(adapter, allow_pickle=True)
+    assert not marker.exists()
+
+
+def _suite_with_adapter(
+    tiny_checkpoint: Path, lora_adapter: tuple[Path, torch.Tensor], tmp_path: Path
+) -> tuple[Path, Path, Path]:
+    """``(suite dir, adapter inside it, a base checkpoint outside it)``."""
+    suite = tmp_path / "suite"
+    adapter = shutil.copytree(lora_adapter[0], suite / "adapters" / "tuned")
+    _copy(tiny_checkpoint, suite / "models" / "base")
+    outside = _copy(tiny_checkpoint, tmp_path / "elsewhere" / "private")
+    return suite, adapter, outside
+
+
+def _set_base(adapter: Path, base: str) -> None:
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": base}))
+
+
+def test_adapter_base_outside_the_suite_is_refused(
+    tiny_checkpoint: Path, lora_adapter: tuple[Path, torch.Tensor], tmp_path: Path
+) -> None:
+    suite, adapter, outside = _suite_with_adapter(tiny_checkpoint, lora_adapter, tmp_path)
+    roots = loading.suite_roots(suite)
+    for escaping in (str(outside), "../elsewhere/private", "path:../elsewhere/private"):
+        _set_base(adapter, escaping)
+        with pytest.raises(UnsafeCheckpointError, match="outside the suite's directory"):
+            loading.adapter_base(adapter, suite, within=roots)
+        assert loading.adapter_base(adapter, suite).resolve() == outside.resolve()  # unchecked
+    # Expected places: under the suite, or a checkpoint the suite itself names.
+    named = loading.suite_roots(suite, [outside])
+    assert loading.adapter_base(adapter, suite, within=named).resolve() == outside.resolve()
+    _set_base(adapter, "models/base")
+    assert loading.adapter_base(adapter, suite, within=roots) == suite / "models" / "base"
+    # A link inside the suite that leads out is judged by where it leads.
+    (suite / "models" / "sneaky").symlink_to(outside, target_is_directory=True)
+    _set_base(adapter, "models/sneaky")
+    with pytest.raises(UnsafeCheckpointError, match=str(outside.resolve())):
+        loading.adapter_base(adapter, suite, within=roots)
+
+
+def test_suite_plan_refuses_an_adapter_whose_base_escapes(
+    tiny_checkpoint: Path,
+    lora_adapter: tuple[Path, torch.Tensor],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from audit.plan import build_plan
+    from audit.suite import load_suite
+
+    suite, adapter, outside = _suite_with_adapter(tiny_checkpoint, lora_adapter, tmp_path)
+    _set_base(adapter, str(outside))
+    text = (
+        '[suite]\nname = "s"\n\n[models.tuned]\nsource = "path:adapters/tuned"\n\n'
+        '[evaluators.acc]\nkind = "task_accuracy"\ntasks = ["organism:sentiment"]\n'
+    )
+    (suite / "suite.toml").write_text(text)
+    hashes = tmp_path / "hashes"
+    with pytest.raises(UnsafeCheckpointError, match="base_model_name_or_path"):
+        build_plan(load_suite(suite / "suite.toml"), hashes)
+    assert len(list(hashes.glob("*.json"))) == 1  # the adapter was hashed, its base never read
+    from audit.cli import main
+
+    assert main(["run", str(suite / "suite.toml"), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()  # refused while planning: nothing ran
+    assert "outside the suite's directory" in capsys.readouterr().err
+    # Naming the base in the suite makes it expected.
+    named = f'\n[models.private]\nsource = "path:{outside}"\n'
+    (suite / "suite.toml").write_text(text + named)
+    plan = build_plan(load_suite(suite / "suite.toml"), hashes)
+    assert plan.model("tuned").resolved == adapter.resolve()
 
 
 # --------------------------------------------------------------------------- sources

@@ -1,0 +1,60 @@
+"""Fault injection for the crash-safety tests: named points where a run can be killed on purpose.
+
+``fault_point(name)`` does nothing unless the environment asks for that point:
+
+- ``AUDIT_KILL_AT=NAME`` (the first time the point is reached) or ``AUDIT_KILL_AT=NAME:N`` (the
+  N-th time) sends the process ``SIGKILL`` — no cleanup, no ``finally``, no ``atexit``: what a
+  power cut, the OOM killer or ``kill -9`` leaves behind.
+- ``AUDIT_STOP_AT=NAME[:N]`` sends it ``SIGSTOP`` instead, so a test can look at the frozen
+  process (which locks it holds, which files it left) and then continue or kill it.
+
+When neither variable is set a call costs two environment lookups; nothing else is read or
+counted. The points (hits are counted per process, per name):
+
+``train.step``
+    the LoRA training loop (``lora``, ``alignguard``, ``backdoor``, …), after each optimiser
+    step; the step lock of the model being trained is held.
+``store.publish``
+    :meth:`audit.store.Store.put`: the entry is complete in ``tmp/`` (files and manifest
+    fsynced), not yet renamed into ``entries/``.
+``runner.eval_done``
+    after an evaluation's entry is published and read back, before the next step.
+``outputs.samples_written``
+    :func:`audit.outputs.write_outputs`: ``samples.jsonl`` is written, ``index.html`` and
+    ``results.json`` are not.
+``write:FILENAME``
+    :func:`audit.store.atomic_write_text` and :func:`audit.report.render.write_page`: the
+    temporary file beside ``FILENAME`` is complete and fsynced, not yet renamed over it (e.g.
+    ``write:results.json``; ``write:index.html:1`` is a run's report, ``:2`` the gallery).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_ENV = "AUDIT_KILL_AT"
+STOP_ENV = "AUDIT_STOP_AT"
+
+_hits: dict[str, int] = {}
+
+
+def _wants(spec: str | None, name: str, hit: int) -> bool:
+    if not spec:
+        return False
+    target, _, nth = spec.rpartition(":")
+    if target and nth.isdigit():
+        return target == name and int(nth) == hit
+    return spec == name and hit == 1
+
+
+def fault_point(name: str) -> None:
+    """Kill (``AUDIT_KILL_AT``) or stop (``AUDIT_STOP_AT``) this process here, if asked to."""
+    kill, stop = os.environ.get(KILL_ENV), os.environ.get(STOP_ENV)
+    if not kill and not stop:
+        return
+    hit = _hits[name] = _hits.get(name, 0) + 1
+    if _wants(stop, name, hit):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if _wants(kill, name, hit):
+        os.kill(os.getpid(), signal.SIGKILL)
