@@ -1,5 +1,5 @@
-"""Command-line interface: ``audit run | validate | report | compare | gallery | list | schema``
-(and ``audit cache prune``, :mod:`audit.prune`).
+"""Command-line interface: ``audit run | validate | report | compare | gallery | cache prune |
+organism build | list | schema`` (``cache prune``: :mod:`audit.prune`).
 
 ``audit compare OLD NEW`` compares a candidate release's run (NEW) with the last shipped one's
 (OLD) and applies release gates to the change (:mod:`audit.regression`); it writes
