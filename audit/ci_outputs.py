@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from audit.report.render import _float
+from audit.report.render import _float, _rows
 from audit.store import atomic_write_text
 
 SUMMARY_LIMIT = 1_000_000
@@ -56,11 +56,6 @@ def _clean(value: Any) -> str:
     """``value`` as text XML 1.0 can carry: illegal characters dropped, newlines as ``\\n``."""
     text = "" if value is None else str(value)
     return _NOT_XML.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-
-
-def _rows(results: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    rows = results.get(key)
-    return [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
 
 
 def _suite(results: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -112,7 +107,7 @@ def _classname(name: str) -> str:
     return _cut(_NON_WORD.sub("_", name).strip("_"), 200) or "gate"
 
 
-def _classnames(gates: list[Mapping[str, Any]]) -> dict[str, str]:
+def _classnames(gates: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """A distinct ``audit.gates.<identifier>`` per gate name, in order of first appearance."""
     out: dict[str, str] = {}
     used: set[str] = set()

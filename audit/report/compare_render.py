@@ -30,17 +30,13 @@ from audit.report.render import (
     _gates_table,
     _num,
     _p,
+    _rows,
     _significant,
     _table,
     _text,
     verdict,
 )
 from audit.store import atomic_write_text
-
-
-def _rows(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    rows = data.get(key)
-    return [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
 
 
 def _info(data: Mapping[str, Any], side: str) -> Mapping[str, Any]:

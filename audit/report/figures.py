@@ -11,7 +11,7 @@ from typing import Any
 from markupsafe import Markup
 
 from audit.report.charts import Estimate, dot_chart
-from audit.report.render import _float, _rows, _text
+from audit.report.render import _evaluators, _float, _MetricInfo, _rows, _text
 
 MAX_PAIRS = 4
 """Before → after charts per metric: the gated pairs first, then the worst parent changes."""
@@ -79,11 +79,8 @@ def _pairs(results: Mapping[str, Any], evaluator: str, metric: str) -> list[tupl
     return pairs[:MAX_PAIRS]
 
 
-def _metric_info(results: Mapping[str, Any], evaluator: str) -> list[Mapping[str, Any]]:
-    for spec in _rows(results, "evaluators"):
-        if _text(spec.get("name")) == evaluator:
-            return [m for m in spec.get("metrics") or [] if isinstance(m, Mapping)]
-    return []
+def _metric_info(results: Mapping[str, Any], evaluator: str) -> list[_MetricInfo]:
+    return next((metrics for name, _, metrics in _evaluators(results) if name == evaluator), [])
 
 
 def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
@@ -91,9 +88,9 @@ def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]
     values = _values(results, evaluator)
     figures = []
     for info in _metric_info(results, evaluator):
-        metric = _text(info.get("name"))
+        metric = info.name
         slices = _slices(values, metric)
-        if info.get("kind") != "rate" or not info.get("headline", True) or not slices:
+        if info.kind != "rate" or not info.headline or not slices:
             continue
         for model, baseline in _pairs(results, evaluator, metric):
             rows = [
@@ -116,7 +113,7 @@ def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]
                 x_label=f"{metric} per category",
                 bounds=(0.0, 1.0),
                 connect=(baseline, model),
-                higher_is_better=bool(info.get("higher_is_better", True)),
+                higher_is_better=info.higher_is_better,
             )
             figures.append(
                 Figure(
@@ -168,7 +165,7 @@ def task_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
     values = _values(results, evaluator)
     figures = []
     for info in _metric_info(results, evaluator):
-        metric = _text(info.get("name"))
+        metric = info.name
         tasks = _slices(values, metric)
         if not tasks:
             continue

@@ -35,6 +35,7 @@ from audit.report.render import (
     _environment,
     _float,
     _num,
+    _rows,
     _seconds,
     _significant,
     _table,
@@ -280,11 +281,6 @@ def _load(file: Path) -> dict[str, Any]:
         if key in data and data[key] is not None and not isinstance(data[key], Mapping):
             raise ValueError(f"wrong shape: {key!r} is not an object")
     return data
-
-
-def _rows(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    rows = data.get(key)
-    return [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
