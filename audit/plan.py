@@ -1,8 +1,14 @@
 """Suite → plan: model steps and evaluation steps, each with a content key.
 
-A step's key hashes its own configuration, its plug-in's code version and its inputs' keys; a
-loaded checkpoint's key is the hash of its files (or, for the organism, of its build config and
-code version). Two steps with the same key produce the same artifact, so the store can reuse it.
+A step's key hashes its own configuration, its plug-in's code version, its inputs' keys and the
+content of every data file its parameters name (:mod:`audit.fingerprint`); a loaded
+checkpoint's key is the hash of its files (or, for the organism, of its build config and code
+version). Two steps with the same key produce the same artifact, so the store can reuse it.
+
+Every checkpoint a suite loads is vetted (:func:`vet_sources`) before any of its files is read
+or hashed: a symlink or shard-index entry leading out of it, pickle-only weights (without
+``allow_pickle``), code (without ``trust_remote_code``) or an adapter base outside the suite's
+roots is refused while planning, before anything is written.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from audit import registry
+from audit.fingerprint import data_fingerprints
 from audit.plugins import Params
 from audit.suite import ModelSpec, Suite
 
-KEY_VERSION = "1"
+KEY_VERSION = "2"
 
 
 def step_key(kind: str, **parts: Any) -> str:
@@ -90,16 +97,42 @@ def organism_key(name: str) -> str:
     return step_key("organism", name=name, config=config_key(OrganismConfig()))
 
 
-def _load_key(spec: ModelSpec, suite: Suite, hash_cache: Path) -> tuple[str, Path | None]:
+def _load_key(spec: ModelSpec, directory: Path | None, suite: Suite, hash_cache: Path) -> str:
     source = spec.source or ""
     flags = {"allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
-    if source.startswith("organism:"):
-        return organism_key(source[len("organism:") :]), None
-    from audit.models.loading import resolve_source
-
-    directory = resolve_source(source, suite_dir=suite.dir)
+    if directory is None:
+        return organism_key(source[len("organism:") :])
     content = content_hash(directory, suite.dir, hash_cache, within=_checkpoint_roots(suite))
-    return step_key("load", content=content, **flags), directory
+    return step_key("load", content=content, **flags)
+
+
+def vet_sources(suite: Suite) -> dict[str, Path]:
+    """The checkpoint directory of every ``path:``/``hf:`` model, each vetted before any read.
+
+    Raises :class:`~audit.models.loading.UnsafeCheckpointError` or
+    :class:`~audit.models.loading.CheckpointNotFoundError` for the first checkpoint (or adapter
+    base, down the chain) that loading would refuse; only directory listings and small JSON
+    configs are read, never weights or a link's target.
+    """
+    from audit.models.loading import resolve_source, vet_checkpoint
+
+    within = _checkpoint_roots(suite)
+    out: dict[str, Path] = {}
+    for name in suite.topological_models():
+        spec = suite.file.models[name]
+        source = spec.source or ""
+        if not source or source.startswith("organism:"):
+            continue
+        directory = resolve_source(source, suite_dir=suite.dir)
+        vet_checkpoint(
+            directory,
+            allow_pickle=spec.allow_pickle,
+            trust_remote_code=spec.trust_remote_code,
+            suite_dir=suite.dir,
+            within=within,
+        )
+        out[name] = directory
+    return out
 
 
 def _checkpoint_roots(suite: Suite) -> tuple[Path, ...]:
@@ -143,15 +176,16 @@ def build_plan(suite: Suite, hash_cache: Path) -> Plan:
     ``hash_cache`` is a directory of per-checkpoint file-hash caches, so an unchanged
     multi-gigabyte checkpoint is not re-read on every run.
     """
+    directories = vet_sources(suite)
     keys: dict[str, str] = {}
     models: list[ModelStep] = []
     for name in suite.topological_models():
         spec = suite.file.models[name]
         params = suite.model_params.get(name)
         inputs = tuple(suite.dependencies(name))
-        resolved = None
+        resolved = directories.get(name)
         if spec.source is not None:
-            key, resolved = _load_key(spec, suite, hash_cache)
+            key = _load_key(spec, resolved, suite, hash_cache)
         else:
             assert spec.intervention is not None
             cls = registry.interventions.get(spec.intervention)
@@ -163,6 +197,7 @@ def build_plan(suite: Suite, hash_cache: Path) -> Plan:
                 inputs={n: keys[n] for n in inputs},
                 order=list(inputs),
                 seed=suite.seed,
+                data=data_fingerprints(params, suite.dir, hash_cache),
             )
         keys[name] = key
         models.append(ModelStep(name, key, inputs, spec, params, resolved))
@@ -181,6 +216,7 @@ def build_plan(suite: Suite, hash_cache: Path) -> Plan:
                 model=step.key,
                 reference=keys[suite.reference],
                 seed=suite.seed,
+                data=data_fingerprints(params, suite.dir, hash_cache),
             )
             evals.append(EvalStep(step.name, ename, espec.kind, key, params))
     return Plan(suite, tuple(models), tuple(evals))

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from audit import registry
 from audit.faults import fault_point
+from audit.models.finite import check_finite
 from audit.models.handle import ModelHandle
 from audit.plan import EvalStep, ModelStep, Plan
 from audit.plugins import EvalResult, MetricRow, RunContext, Sample
@@ -206,6 +207,7 @@ class Runner:
             parents = max((checkpoint_bytes(h.path) for h in inputs.values()), default=0)
             ensure_free(self.store.root, parents, what)
             out = plugin.apply(inputs, self._context(tmp / "work"))
+            check_finite(out.model, what)
             ensure_free(self.store.root, model_bytes(out.model), what)
             out.model.save_pretrained(tmp / "model", safe_serialization=True)
             out.tokenizer.save_pretrained(tmp / "model")

@@ -28,16 +28,19 @@ class ModelHandle:
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
+            from audit.models.finite import check_finite
             from audit.models.loading import load_checkpoint
 
-            self._loaded = load_checkpoint(
+            loaded = load_checkpoint(
                 self.path,
                 allow_pickle=self.allow_pickle,
                 trust_remote_code=self.trust_remote_code,
                 suite_dir=self.suite_dir,
             )
+            check_finite(loaded[0], f"model {self.name!r} ({self.path})")
             if self.device != "cpu":
-                self._loaded[0].to(self.device)
+                loaded[0].to(self.device)
+            self._loaded = loaded
         return self._loaded
 
     @property

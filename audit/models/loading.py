@@ -44,7 +44,7 @@ _TRUE = {"1", "on", "yes", "true"}
 _MAX_ADAPTER_DEPTH = 4
 _CHUNK = 1 << 20
 _RACY_NS = 2_000_000_000
-_HASH_CACHE_VERSION = 1
+_HASH_CACHE_VERSION = 2
 
 
 class UnsafeCheckpointError(Exception):
@@ -232,6 +232,31 @@ def check_contained(directory: Path) -> None:
                     f"outside the checkpoint ({shard!r}). Shard names must be files of the "
                     "checkpoint directory."
                 )
+
+
+def vet_checkpoint(
+    directory: Path,
+    *,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    suite_dir: Path | None,
+    within: Sequence[Path] | None,
+) -> None:
+    """:func:`check_checkpoint` on ``directory`` and, for an adapter, on each base down its chain.
+
+    Reads directory listings and small JSON configs only (never weights, never a link's target),
+    so a suite's checkpoints can be refused while planning, before anything is hashed.
+    """
+    for depth in range(_MAX_ADAPTER_DEPTH + 1):
+        check_checkpoint(directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        if not is_peft_adapter(directory):
+            return
+        if depth == _MAX_ADAPTER_DEPTH:
+            raise CheckpointNotFoundError(
+                f"Adapter {directory} sits on a chain of more than {_MAX_ADAPTER_DEPTH} adapters; "
+                "merge some of them into a full checkpoint."
+            )
+        directory = adapter_base(directory, suite_dir, within=within)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -455,9 +480,11 @@ def hash_directory(directory: Path, *, cache_file: Path | None = None) -> str:
 
     Hidden entries (``.git``, ``.cache``, ...) and ``__pycache__`` are skipped; symbolic links
     are hashed as the files they point to. With ``cache_file``, per-file digests are kept in a
-    JSON file keyed on (relative path, size, mtime_ns), so an unchanged multi-GB checkpoint is
-    re-hashed from metadata alone. Files modified in the last two seconds are not cached (their
-    mtime could still change without the size changing).
+    JSON file keyed on (relative path, device, inode, size, mtime_ns, ctime_ns), so an unchanged
+    multi-GB checkpoint is re-hashed from metadata alone. A file replaced by another (a rename
+    over it: new inode) or rewritten in place with its mtime restored (``touch -d``, ``cp -p``:
+    the kernel still sets ctime, which no user can set) is hashed again. Files modified in the
+    last two seconds are not cached (their times could still change without the size changing).
     """
     root = Path(directory)
     if not root.is_dir():
@@ -474,26 +501,33 @@ def hash_directory(directory: Path, *, cache_file: Path | None = None) -> str:
             continue
         stat = path.stat()
         entry = cached.get(relative)
+        identity = _stat_identity(stat)
         if (
             entry is not None
-            and entry.get("size") == stat.st_size
-            and entry.get("mtime_ns") == stat.st_mtime_ns
+            and all(entry.get(k) == v for k, v in identity.items())
             and isinstance(entry.get("sha256"), str)
         ):
             file_digest = str(entry["sha256"])
         else:
             file_digest = _file_digest(path)
             changed = True
-        if now_ns - stat.st_mtime_ns > _RACY_NS:
-            fresh[relative] = {
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "sha256": file_digest,
-            }
+        if now_ns - max(stat.st_mtime_ns, stat.st_ctime_ns) > _RACY_NS:
+            fresh[relative] = {**identity, "sha256": file_digest}
         digest.update(f"{relative}\0{file_digest}\n".encode())
     if cache_path is not None and (changed or fresh.keys() != cached.keys()):
         _write_hash_cache(cache_path, resolved_root, fresh)
     return digest.hexdigest()
+
+
+def _stat_identity(stat: os.stat_result) -> dict[str, int]:
+    """What must be unchanged for a cached digest to be reused (ctime: set by the kernel)."""
+    return {
+        "dev": stat.st_dev,
+        "ino": stat.st_ino,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+    }
 
 
 def _regular_files(root: Path) -> list[tuple[str, Path]]:
