@@ -26,7 +26,7 @@ from typing import Any
 
 from audit.gates import exit_code
 from audit.plugins import MetricSpec, Sample
-from audit.regression_gates import gates_of, release_gates
+from audit.regression_gates import correction_of, gates_of, release_gates
 from audit.regression_io import (
     KIND,
     CompareError,
@@ -233,6 +233,7 @@ def compare_runs(
     pairs: Mapping[str, str] | None = None,
     gates: Sequence[GateSpec] | None = None,
     sweeps: Mapping[str, Sweep] | None = None,
+    correction: str | None = None,
     old_path: str | None = None,
     new_path: str | None = None,
 ) -> dict[str, Any]:
@@ -240,7 +241,9 @@ def compare_runs(
 
     ``pairs`` maps NEW model names to OLD ones (others match by name). ``gates`` default to the
     NEW run's suite's; ``sweeps`` adds sweep definitions to those recorded in the runs' models,
-    for gate patterns. Raises :class:`CompareError` on input that is not a run's results.
+    for gate patterns; ``correction`` (default: the NEW run's suite's) adjusts the p-values of
+    ``significant`` gates for multiplicity. Raises :class:`CompareError` on input that is not a
+    run's results.
     """
     validate_run(old, old_path or "old run")
     validate_run(new, new_path or "new run")
@@ -261,7 +264,14 @@ def compare_runs(
         raise CompareError(f"{new_path or 'new run'}: its suite's gates are malformed ({e})") from e
     all_sweeps = {**run_sweeps(old), **run_sweeps(new), **(sweeps or {})}
     gate_rows = release_gates(
-        specs, old, new, dict(matched), comparisons, all_sweeps, warnings=warnings
+        specs,
+        old,
+        new,
+        dict(matched),
+        comparisons,
+        all_sweeps,
+        warnings=warnings,
+        correction=correction_of(new) if correction is None else correction,
     )
     failures = [dict(f) for f in new.get("failures") or [] if isinstance(f, Mapping)]
     code = exit_code(gate_rows, failures)
@@ -301,12 +311,13 @@ def compare_paths(
     """
     old_run, old_samples, old_path = load_run(old)
     new_run, new_samples, new_path = load_run(new)
-    gates, sweeps = None, None
+    gates, sweeps, correction = None, None, None
     if suite is not None:
         from audit.suite import load_suite
 
-        loaded = load_suite(suite)
+        loaded = load_suite(suite, release=True)
         gates, sweeps = list(loaded.file.gates), loaded.sweeps
+        correction = loaded.file.suite.correction
     result = compare_runs(
         old_run,
         old_samples,
@@ -315,6 +326,7 @@ def compare_paths(
         pairs=pairs,
         gates=gates,
         sweeps=sweeps,
+        correction=correction,
         old_path=str(old_path),
         new_path=str(new_path),
     )

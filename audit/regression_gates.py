@@ -4,12 +4,14 @@ The gates are a suite's ``[[gates]]`` (by default the NEW run's). For a release 
 
 - relative rules (``max_drop`` / ``max_rise``) apply to each gated model's OLD → NEW change:
   the baseline is the same model (or its ``pairs`` partner) in the OLD run, whatever the gate's
-  ``vs`` says; ``significant`` / ``alpha`` hold as in a run (an unpaired change has no p-value,
-  so a significant-only gate does not fire on it);
+  ``vs`` says; ``mode``, ``alpha`` and the suite's ``correction`` hold as in a run (an unpaired
+  change has no p-value and no interval, so a ``significant`` or ``non_inferiority`` gate whose
+  change exceeds its threshold fails closed on it);
 - absolute rules (``min`` / ``max``) apply to the NEW run's values;
 - a gate's ``models`` patterns are resolved (:func:`audit.suite.match_models`, sweeps included)
   over the models its evaluator ran on in either run, OLD names translated to NEW ones by the
-  pairs; a gated model missing from a run fails the gate with a detail that says so.
+  pairs; a gated model missing from a run fails the gate with a detail that says so, and a gate
+  that selects no model fails (a gate with no verdict is not a pass).
 
 The row logic is :func:`audit.gates.absolute_gate` / :func:`audit.gates.relative_gate`.
 """
@@ -19,7 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from audit.gates import absolute_gate, gate_name, relative_gate
+from audit.gates import (
+    absolute_gate,
+    corrected_p_values,
+    gate_name,
+    nothing_checked,
+    relative_gate,
+)
 from audit.regression_io import run_models
 from audit.results import ComparisonRowT, GateRowT
 from audit.suite import GateSpec, Sweep, match_models
@@ -76,6 +84,14 @@ def _gated(
     return [c for c in candidates if c in chosen] + [p for p in absent if p not in chosen]
 
 
+def correction_of(run: Mapping[str, Any]) -> str:
+    """The multiplicity correction of a run's suite (``suite.parsed.suite.correction``)."""
+    parsed = run["suite"].get("parsed")
+    meta = parsed.get("suite") if isinstance(parsed, Mapping) else None
+    value = meta.get("correction") if isinstance(meta, Mapping) else None
+    return value if value in ("holm", "bh", "none") else "none"
+
+
 def release_gates(
     gates: Sequence[GateSpec],
     old: Mapping[str, Any],
@@ -85,36 +101,69 @@ def release_gates(
     sweeps: Mapping[str, Sweep],
     *,
     warnings: list[str],
+    correction: str = "none",
 ) -> list[GateRowT]:
     """One row per gate × gated model (see :func:`_gated`). ``matched`` maps NEW model names
-    to their OLD partners; a gate that selects no model adds to ``warnings``."""
+    to their OLD partners; a gate that selects no model fails, and adds to ``warnings``."""
     old_status, new_status = run_models(old), run_models(new)
     to_new = {o: n for n, o in matched.items()}
     rows_by_key = {(c["model"], c["evaluator"], c["metric"], c["slice"]): c for c in comparisons}
     values = {
-        (str(r["model"]), str(r["evaluator"]), str(r["metric"]), str(r["slice"])): float(r["value"])
+        (str(r["model"]), str(r["evaluator"]), str(r["metric"]), str(r["slice"])): r
         for r in new["metrics"]
     }
+    todo = [
+        (i, gate, model)
+        for i, gate in enumerate(gates)
+        for model in _gated(gate, gate.metric.partition(".")[0], old, new, to_new, sweeps)
+    ]
+    found = [
+        rows_by_key.get((m, *_key(g))) if g.relative and m in matched else None for _, g, m in todo
+    ]
+    adjusted = corrected_p_values([g for _, g, _ in todo], found, correction)
     rows: list[GateRowT] = []
     for i, gate in enumerate(gates):
         name = gate_name(gate, i)
-        ename, _, metric = gate.metric.partition(".")
-        models = _gated(gate, ename, old, new, to_new, sweeps)
-        if not models:
-            warnings.append(f"gate {name!r} selects no model that {ename!r} ran on in either run")
-        for model in models:
-            key = (model, ename, metric, gate.slice)
+        ename = gate.metric.partition(".")[0]
+        mine = [k for k, t in enumerate(todo) if t[0] == i]
+        if not mine:
+            why = f"it selects no model that {ename!r} ran on in either run"
+            warnings.append(f"gate {name!r}: {why}")
+            rows.append(nothing_checked(gate, name, why))
+        for k in mine:
+            model = todo[k][2]
             if not gate.relative:
-                why = _why(new_status.get(model), "new", model)
-                why = why or f"no row for {gate.metric} [{gate.slice}] in the new run"
-                rows.append(absolute_gate(gate, name, model, values.get(key), why))
+                why = _why(new_status.get(model), "new", model) or (
+                    f"no row for {gate.metric} [{gate.slice}] in the new run"
+                )
+                metric = values.get((model, *_key(gate)))
+                value = None if metric is None else float(metric["value"])
+                interval = (None, None) if metric is None else (metric["ci_low"], metric["ci_high"])
+                rows.append(absolute_gate(gate, name, model, value, why, interval))
                 continue
             baseline = matched.get(model, model)
-            why = _why(new_status.get(model), "new", model) or _why(
-                old_status.get(baseline), "old", baseline
+            why = (
+                _why(new_status.get(model), "new", model)
+                or _why(old_status.get(baseline), "old", baseline)
+                or "the metric or slice is missing from one of the runs"
             )
-            why = why or "the metric or slice is missing from one of the runs"
-            row = rows_by_key.get(key) if model in matched else None
             versus = f"{baseline} in the old run"
-            rows.append(relative_gate(gate, name, model, baseline, row, why, versus=versus))
+            rows.append(
+                relative_gate(
+                    gate,
+                    name,
+                    model,
+                    baseline,
+                    found[k],
+                    why,
+                    versus=versus,
+                    p_adjusted=adjusted[k],
+                    correction=correction,
+                )
+            )
     return rows
+
+
+def _key(gate: GateSpec) -> tuple[str, str, str]:
+    ename, _, metric = gate.metric.partition(".")
+    return ename, metric, gate.slice

@@ -72,6 +72,10 @@ class GateRowT(TypedDict):
     observed: float | None
     threshold: float
     detail: str
+    mode: str  # "estimate" | "significant" | "non_inferiority"
+    p_value: float | None  # the paired test's p-value (mode "significant")
+    p_adjusted: float | None  # after the run's correction (holm | bh; = p_value for none)
+    n_needed: int | None  # paired items for the 95% interval to fit the margin (relative rules)
 
 
 class FailureRowT(TypedDict):

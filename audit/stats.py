@@ -427,6 +427,31 @@ def compare_samples(
     return out
 
 
+def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
+    """p-values adjusted for multiplicity over the family ``p_values``.
+
+    ``holm``: Holm's step-down adjustment (controls the family-wise error rate; S. Holm,
+    Scand. J. Statist. 6:65-70, 1979); ``bh``: Benjamini-Hochberg (controls the false
+    discovery rate; J. R. Statist. Soc. B 57:289-300, 1995), as
+    :func:`scipy.stats.false_discovery_control`; ``none``: unchanged.
+    """
+    ps = [float(p) for p in p_values]
+    if method == "none" or not ps:
+        return ps
+    if method == "bh":
+        return [float(x) for x in sps.false_discovery_control(ps, method="bh")]
+    if method != "holm":
+        raise ValueError(f"unknown correction {method!r}; expected 'holm', 'bh' or 'none'")
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
 def compare_rows(before: MetricRow, after: MetricRow) -> ComparisonStats:
     """Unpaired comparison of two metric rows, for metrics that come without samples.
 

@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -90,6 +90,12 @@ class SuiteMeta(Strict):
         ".audit-cache", description="The store, relative to the suite file."
     )
     description: str = ""
+    correction: Literal["none", "holm", "bh"] = Field(
+        "none",
+        description='Multiplicity control over the p-values of the run\'s mode = "significant" '
+        'gates: "holm" (family-wise error), "bh" (Benjamini-Hochberg false discovery rate) '
+        'or "none".',
+    )
 
 
 class ModelSpec(BaseModel):
@@ -139,8 +145,19 @@ class EvaluatorSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+GATE_MODES = ("estimate", "significant", "non_inferiority")
+"""How a gate decides (``mode``); see :func:`audit.gates.relative_gate` and README "Gates"."""
+
+
 class GateSpec(Strict):
-    """``[[gates]]``: a release rule on one metric. Exactly one of min/max/max_drop/max_rise."""
+    """``[[gates]]``: a release rule on one metric. Exactly one of min/max/max_drop/max_rise.
+
+    ``mode`` says how the rule is decided: ``estimate`` (default) compares the point estimate
+    with the threshold; ``significant`` (also ``significant = true``) fires only when the
+    change exceeds the threshold *and* the paired test rejects "no change" at ``alpha``;
+    ``non_inferiority`` passes only when the worst end of the 95% interval (of the change for
+    max_drop/max_rise, of the value for min/max) lies within the threshold.
+    """
 
     name: str | None = None
     metric: str = Field(description='"EVALUATOR.METRIC", e.g. "drift.refusal_rate_unsafe".')
@@ -153,8 +170,14 @@ class GateSpec(Strict):
     max: float | None = Field(None, allow_inf_nan=False)
     max_drop: float | None = Field(None, allow_inf_nan=False)
     max_rise: float | None = Field(None, allow_inf_nan=False)
-    significant: bool = Field(False, description="Fire only when the paired test rejects.")
-    alpha: float = Field(0.05, gt=0, lt=1)
+    mode: Literal["estimate", "significant", "non_inferiority"] | None = Field(
+        None,
+        description='"estimate" (point estimate vs threshold, the default), "significant" '
+        '(fire only when the paired test also rejects at alpha) or "non_inferiority" (pass only '
+        "when the worst end of the 95% interval is within the threshold).",
+    )
+    significant: bool = Field(False, description='Same as mode = "significant".')
+    alpha: float = Field(0.05, gt=0, lt=1, description='Test level of mode = "significant".')
 
     @model_validator(mode="after")
     def _one_rule(self) -> GateSpec:
@@ -166,7 +189,25 @@ class GateSpec(Strict):
                 "a gate needs exactly one of min, max, max_drop, max_rise"
                 + (f" (got {', '.join(set_rules)})" if set_rules else "")
             )
+        if self.significant and self.mode not in (None, "significant"):
+            raise ValueError(f'significant = true contradicts mode = "{self.mode}"')
+        if self.decision == "significant" and not self.relative:
+            raise ValueError(
+                f'mode = "significant" needs max_drop or max_rise (a change to test); '
+                f'{set_rules[0]} compares one value: use mode = "non_inferiority" to require '
+                "its whole interval within the threshold"
+            )
+        if self.decision == "non_inferiority" and self.alpha != 0.05:
+            raise ValueError(
+                'mode = "non_inferiority" reads the comparison\'s 95% interval (a one-sided '
+                "test at 2.5%); alpha applies to mode = \"significant\" only"
+            )
         return self
+
+    @property
+    def decision(self) -> str:
+        """The resolved ``mode``: ``estimate``, ``significant`` or ``non_inferiority``."""
+        return self.mode or ("significant" if self.significant else "estimate")
 
     @property
     def rule(self) -> tuple[str, float]:
@@ -887,14 +928,56 @@ def _check_metric(check: _Checker, loc: tuple[str | int, ...], spec: str, suite:
             )
 
 
-def _check_gates(check: _Checker, suite: Suite) -> None:
+def _check_gates(check: _Checker, suite: Suite, *, within_run: bool = True) -> None:
     names = list(suite.file.models)
     for i, gate in enumerate(suite.file.gates):
         loc: tuple[str | int, ...] = ("gates", i)
+        known = len(check.issues)
         _check_metric(check, (*loc, "metric"), gate.metric, suite)
         _check_patterns(check, (*loc, "models"), gate.models, names, suite.sweeps)
         if gate.relative and gate.vs not in ("reference", "parent"):
             _check_ref(check, (*loc, "vs"), gate.vs, names, suite.sweeps)
+        if within_run and len(check.issues) == known:  # else the cause is reported already
+            _check_gate_checks_something(check, loc, gate, suite)
+
+
+def _check_gate_checks_something(
+    check: _Checker, loc: tuple[str | int, ...], gate: GateSpec, suite: Suite
+) -> None:
+    """A gate must check at least one (model, baseline) pair, each baseline evaluated too."""
+    from audit.gates import gate_pairs
+
+    ename = gate.metric.partition(".")[0]
+    if ename not in suite.file.evaluators or ename not in suite.evaluator_params:
+        return  # reported by _check_metric
+    evaluated = set(suite.evaluated_models(ename))
+    pairs = gate_pairs(suite, gate)
+    if not pairs:
+        selected = match_models(gate.models, list(suite.file.models), suite.sweeps)
+        if not selected:
+            why = f"its models {gate.models} select no model of the suite"
+        elif not any(m in evaluated for m in selected):
+            why = f"evaluator {ename!r} runs on none of the models it selects"
+        else:
+            vs = {"reference": f"the reference ({suite.reference})", "parent": "a parent"}
+            why = (
+                f"every model it selects is its own baseline or has none (vs = "
+                f"{vs.get(gate.vs, repr(gate.vs))})"
+            )
+        check.add(
+            loc,
+            f"this gate checks nothing in a run: {why}; a gate with no verdict is not a pass "
+            "(`audit compare --suite` reads gates as release rules, old run vs new, where this "
+            "check does not apply)",
+        )
+        return
+    missing = sorted({b for _, b in pairs if b is not None and b not in evaluated})
+    if missing:
+        check.add(
+            (*loc, "vs"),
+            f"evaluator {ename!r} does not run on {', '.join(missing)}, which this gate compares "
+            "with: add them to its models, or gate against another baseline",
+        )
 
 
 def _check_scaling(check: _Checker, suite: Suite) -> None:
@@ -918,8 +1001,12 @@ def _check_scaling(check: _Checker, suite: Suite) -> None:
             check.add((*loc, "sweeps"), message)
 
 
-def validate(path: Path, text: str, data: dict[str, Any]) -> Suite:
-    """Validate parsed suite data; raises :class:`SuiteError` listing every problem."""
+def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = False) -> Suite:
+    """Validate parsed suite data; raises :class:`SuiteError` listing every problem.
+
+    ``release``: the suite is read for ``audit compare --suite``, where relative gates compare
+    each model with its old release, so a gate need not find a baseline within the suite.
+    """
     check = _Checker(path, text)
     try:
         parsed = SuiteFile.model_validate(data)
@@ -933,24 +1020,24 @@ def validate(path: Path, text: str, data: dict[str, Any]) -> Suite:
     _check_models(check, suite, broken)
     _check_compare(check, suite)
     _check_evaluators(check, suite)
-    _check_gates(check, suite)
-    _check_scaling(check, suite)
     names = list(parsed.models)
     ref = parsed.suite.reference
     if ref is not None:
         _check_ref(check, ("suite", "reference"), ref, names, suite.sweeps)
+    roots = [n for n, s in parsed.models.items() if s.source is not None]
+    suite.reference = ref or (roots[0] if roots else names[0] if names else "")
+    _check_gates(check, suite, within_run=not release)
+    _check_scaling(check, suite)
     if check.issues:
         raise SuiteError(check.issues)
-    roots = [n for n, s in parsed.models.items() if s.source is not None]
-    suite.reference = ref or (roots[0] if roots else names[0])
     return suite
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Parse and validate a suite file."""
+def load_suite(path: str | Path, *, release: bool = False) -> Suite:
+    """Parse and validate a suite file (``release``: see :func:`validate`)."""
     p = Path(path)
     text, data = parse_toml(p)
-    return validate(p, text, data)
+    return validate(p, text, data, release=release)
 
 
 def json_schema() -> dict[str, Any]:
