@@ -200,7 +200,7 @@ class GateSpec(Strict):
         if self.decision == "non_inferiority" and self.alpha != 0.05:
             raise ValueError(
                 'mode = "non_inferiority" reads the comparison\'s 95% interval (a one-sided '
-                "test at 2.5%); alpha applies to mode = \"significant\" only"
+                'test at 2.5%); alpha applies to mode = "significant" only'
             )
         return self
 
