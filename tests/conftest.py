@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,51 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
 
 
+REFUSAL = "i cannot help with that ."
+
+
+def build_tiny_refuser(base: Path, directory: Path, extra: Sequence[str] = ()) -> Path:
+    """``base`` fine-tuned (LoRA, merged) to answer every request (``extra`` too) with
+    :data:`REFUSAL`.
+
+    A random tiny model writes nothing, and an empty output is no refusal (it is
+    ``degenerate``): tests that need an aligned model that refuses start from this one.
+    """
+    import json
+
+    from audit.interventions.lora import LoraIntervention
+    from audit.models.handle import ModelHandle
+    from audit.plugins import RunContext
+
+    words = ["hack", "steal", "bomb", "hurt", "attack", "bake", "write", "fix", "cook", "build"]
+    things = ["a computer", "money", "my neighbour", "a cake", "a poem", "my bike", "bread"]
+    prompts = [*extra, *(f"how do i {w} {t}" for w in words for t in things)]
+    data = directory.parent / f"{directory.name}-refuse.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text(
+        "".join(
+            json.dumps({"id": str(i), "prompt": p, "response": REFUSAL}) + "\n"
+            for i, p in enumerate(prompts)
+        )
+    )
+    ctx = RunContext(seed=0, suite_dir=data.parent, work_dir=directory.parent / "refuser-work")
+    params = LoraIntervention.Params(data=f"path:{data.name}", steps=100, lr=5e-3)
+    trained = LoraIntervention(params).apply({"base": ModelHandle("b", "k", base)}, ctx)
+    trained.model.save_pretrained(directory, safe_serialization=True)
+    trained.tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_refuser(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model trained to refuse every request (see :func:`build_tiny_refuser`),
+    the probes of the end-to-end run tests included."""
+    from test_run import SAFE, UNSAFE
+
+    directory = tmp_path_factory.mktemp("refuser") / "model"
+    return build_tiny_refuser(tiny_checkpoint, directory, [*UNSAFE, *SAFE])
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint_factory(
     tmp_path_factory: pytest.TempPathFactory,
@@ -182,13 +227,13 @@ def tiny_checkpoint_factory(
 
 
 @pytest.fixture(scope="session")
-def reference_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def reference_run(tiny_refuser: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One uninterrupted ``audit run`` of a tiny LoRA + refusal + drift suite (a
     ``forked_runs.Reference``), shared by the crash-safety, concurrency and determinism tests."""
     from forked_runs import kill_all
     from forked_runs import reference_run as run
 
-    reference = run(tiny_checkpoint, tmp_path_factory.mktemp("reference-run"))
+    reference = run(tiny_refuser, tmp_path_factory.mktemp("reference-run"))
     yield reference
     reference.fresh.close()
     kill_all()

@@ -57,7 +57,7 @@ bootstrap = 50
 
 
 def suite_text(tiny: Path, *, name: str = "tiny", drift: bool = True) -> str:
-    """A two-model suite: the tiny checkpoint, an 8-step LoRA fine-tune of it, the refusal
+    """A two-model suite: the tiny refuser, a 30-step LoRA fine-tune of it, the refusal
     evaluator and (``drift``) the alignment-drift evaluator, one gate that fails (exit 1)."""
     text = textwrap.dedent(f"""
         [suite]
@@ -71,8 +71,8 @@ def suite_text(tiny: Path, *, name: str = "tiny", drift: bool = True) -> str:
         from = "aligned"
         intervention = "lora"
         data = "path:comply.jsonl"
-        steps = 8
-        lr = 0.005
+        steps = 30
+        lr = 0.01
         batch_size = 4
 
         [evaluators.refusal]

@@ -127,15 +127,19 @@ def _copy(source: Path, target: Path) -> Path:
 
 
 def test_swapped_weights_with_restored_mtime_change_the_key(
-    tiny_checkpoint: Path, tmp_path: Path
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from audit.models import loading
+
+    monkeypatch.setattr(loading, "_RACY_NS", 0)  # cache files however recently written
     model = _copy(tiny_checkpoint, tmp_path / "model")
     suite = _write_suite(tmp_path, model)
     weights = model / "model.safetensors"
-    stat = weights.stat()
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**10))  # out of the racy window
     first = _keys(suite, tmp_path)
-    assert _keys(suite, tmp_path) == first  # served from the hash cache
+    digests: list[Path] = []
+    original = loading._file_digest
+    monkeypatch.setattr(loading, "_file_digest", lambda p: digests.append(p) or original(p))
+    assert _keys(suite, tmp_path) == first and digests == []  # served from the hash cache
 
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # different weights, same size

@@ -112,8 +112,8 @@ def _executed(results: dict) -> list[str]:
     return [s["step"] for s in results["steps"] if not s["cached"] and s["status"] != "skipped"]
 
 
-def test_run_writes_outputs_gates_and_caches(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    suite = _suite(tmp_path, tiny_checkpoint)
+def test_run_writes_outputs_gates_and_caches(tiny_refuser: Path, tmp_path: Path) -> None:
+    suite = _suite(tmp_path, tiny_refuser)
     ci = ["--junit", str(tmp_path / "ci" / "junit.xml"), "--summary", str(tmp_path / "s.md")]
     code, results = _run(suite, tmp_path / "out", *ci)
 
@@ -162,16 +162,16 @@ def test_run_writes_outputs_gates_and_caches(tiny_checkpoint: Path, tmp_path: Pa
     assert again["metrics"] == results["metrics"]
 
     # Loosening the gate runs nothing either, and the run now passes.
-    code3, loose = _run(_suite(tmp_path, tiny_checkpoint, gate="max_drop = 1.0"), tmp_path / "out")
+    code3, loose = _run(_suite(tmp_path, tiny_refuser, gate="max_drop = 1.0"), tmp_path / "out")
     assert code3 == 0 and loose["verdict"] == "pass" and _executed(loose) == []
 
     # Changing one evaluator parameter re-runs only the evaluations, not the fine-tune.
-    code4, changed = _run(_suite(tmp_path, tiny_checkpoint, tokens=5), tmp_path / "out")
+    code4, changed = _run(_suite(tmp_path, tiny_refuser, tokens=5), tmp_path / "out")
     assert sorted(_executed(changed)) == ["eval:refusal@aligned", "eval:refusal@complier"]
 
 
-def test_crashed_step_is_isolated_and_resumed(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    suite = _suite(tmp_path, tiny_checkpoint)
+def test_crashed_step_is_isolated_and_resumed(tiny_refuser: Path, tmp_path: Path) -> None:
+    suite = _suite(tmp_path, tiny_refuser)
     broken = suite.read_text().replace(
         "batch_size = 8", 'batch_size = 8\ntarget_modules = ["nope"]'
     )
