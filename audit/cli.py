@@ -54,16 +54,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from audit.outputs import assemble, write_outputs
-    from audit.plan import build_plan
+    from audit.plan import build_plan, vet_sources
     from audit.progress import Progress
     from audit.runner import Runner
-    from audit.store import Store
+    from audit.store import open_store
 
     suite = _load(args.suite)
     started = datetime.now(UTC)
     cache = Path(args.cache).resolve() if args.cache else suite.cache_dir
     out_dir = Path(args.out) if args.out else _default_out(suite)
-    store = Store(cache)
+    vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
+    store = open_store(cache, create=True)
     plan = build_plan(suite, hash_cache=cache / "file-hashes")
     outcome = Runner(plan, store, Progress(quiet=args.quiet), device=args.device).run()
     store.close()  # release the entries this run used: `audit cache prune` may take them now
@@ -256,7 +257,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     from audit.organism.build import build_organism, organism_names
     from audit.plan import organism_key
     from audit.progress import Progress
-    from audit.store import Store
+    from audit.store import open_store
 
     if args.name not in organism_names():
         _err.print(
@@ -264,7 +265,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
             + ", ".join(organism_names())
         )
         return EXIT_INVALID
-    store = Store(Path(args.cache).resolve())
+    store = open_store(Path(args.cache).resolve(), create=True)
     progress = Progress(quiet=args.quiet)
     progress.begin(1)
     progress.start(f"organism:{args.name}")
@@ -288,7 +289,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
 def cmd_cache_prune(args: argparse.Namespace) -> int:
     from audit.prune import prune
     from audit.resources import format_size
-    from audit.store import Store
+    from audit.store import open_store
 
     if args.older_than is None and args.max_size is None:
         _err.print("[red]error[/] give --older-than DAYS, --max-size SIZE or both")
@@ -297,8 +298,9 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
     if not root.is_dir():
         _err.print(f"[red]error[/] no store at {escape(str(root))}")
         return EXIT_INVALID
+    store = open_store(root, create=False)  # refuses a directory that is not a store
     result = prune(
-        Store(root), older_than_days=args.older_than, max_size=args.max_size, dry_run=args.dry_run
+        store, older_than_days=args.older_than, max_size=args.max_size, dry_run=args.dry_run
     )
     for item in result.chosen:
         when = datetime.fromtimestamp(item.last_used, UTC).strftime("%Y-%m-%d %H:%M")
@@ -439,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``audit`` command."""
     from audit.data.records import DataError
     from audit.models.loading import CheckpointNotFoundError, UnsafeCheckpointError
+    from audit.store import NotAStoreError
     from audit.suite import SuiteError
 
     args = parser().parse_args(argv)
@@ -454,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.JSONDecodeError,
         CheckpointNotFoundError,
         UnsafeCheckpointError,
+        NotAStoreError,
     ) as e:
         # a checkpoint a run names is missing or refused (an adapter's base outside the
         # suite): found while planning, before any step runs

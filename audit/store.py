@@ -8,6 +8,12 @@ Layout under the store root (default ``.audit-cache/``)::
                             run that builds that key)
     locks/<key>.lock        flock-ed while a step is computed, so two runs compute it once
                             (the kernel drops the lock when its process dies, even by SIGKILL)
+    AUDIT-STORE.json        the store marker: ``{"format": "audit-store", "version": 1}``
+
+Every command that writes into a store opens it with :func:`open_store`, which refuses a
+directory that is not one: ``audit cache prune --cache ~`` must not take ``~/tmp`` for a killed
+build's leftovers. A new store is made only in a directory that is absent or empty; a store of
+an older audit (no marker, nothing but store folders) is adopted; anything else is refused.
 
 An entry is only ever visible complete: it is built in ``tmp/``, fsynced, then renamed. On
 read the manifest is checked; an entry that fails the check is moved aside and rebuilt.
@@ -34,11 +40,72 @@ from typing import Any
 from audit.faults import fault_point
 
 MANIFEST = "MANIFEST.json"
+MARKER = "AUDIT-STORE.json"
+STORE_FORMAT, STORE_VERSION = "audit-store", 1
+_LAYOUT = frozenset({"entries", "tmp", "locks", "trash", "corrupt", "file-hashes"})
 _FULL_HASH_LIMIT = 64 * 2**20  # files above this are checked by size on read
 
 
 class StoreError(Exception):
     """A store entry that is missing, corrupted or cannot be written."""
+
+
+class NotAStoreError(StoreError):
+    """A directory given as a store that is not one (or of an unknown format)."""
+
+
+def open_store(root: Path, *, create: bool) -> Store:
+    """The store at ``root``, checked to be one before anything is written there.
+
+    With ``create``, an absent or empty directory becomes a new store. A directory holding only
+    store folders (``entries/``, ``tmp/``, ``locks/`` …, a store of an audit from before the
+    marker) is adopted: the marker is written. Raises :class:`NotAStoreError` for a file, a
+    directory with anything else in it, or a marker of another format or a newer version.
+    """
+    root = Path(root)
+    marker = root / MARKER
+    if root.exists() and not root.is_dir():
+        raise NotAStoreError(f"{root} is not a directory, so it cannot be a store")
+    if marker.exists() or marker.is_symlink():
+        _check_marker(marker)
+        return Store(root)
+    children = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    # another run making this store at the same moment: its marker's temporary file
+    children = [c for c in children if not (c.startswith(f".{MARKER}.") and c.endswith(".tmp"))]
+    legacy = "entries" in children and set(children) <= _LAYOUT
+    if legacy or (create and not children):
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            marker, json.dumps({"format": STORE_FORMAT, "version": STORE_VERSION}) + "\n"
+        )
+        return Store(root)
+    if not children:
+        raise NotAStoreError(f"no store at {root} (no {MARKER}): nothing to do")
+    shown = ", ".join(children[:5]) + (" …" if len(children) > 5 else "")
+    raise NotAStoreError(
+        f"{root} is not an audit store: it has no {MARKER} and holds other things ({shown}). "
+        "Refusing to write into it or to delete anything there; give an empty or new "
+        "directory, or the store's own directory."
+    )
+
+
+def _check_marker(marker: Path) -> None:
+    try:
+        if not marker.is_file():
+            raise ValueError("not a regular file")
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise NotAStoreError(f"{marker}: unreadable store marker ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
+        raise NotAStoreError(f"{marker}: not an audit store marker")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise NotAStoreError(f"{marker}: store marker without a format version")
+    if version > STORE_VERSION:
+        raise NotAStoreError(
+            f"{marker}: store format {version}, written by a newer audit (this one reads "
+            f"format {STORE_VERSION}); upgrade audit or use another store"
+        )
 
 
 def file_sha256(path: Path) -> str:

@@ -222,3 +222,50 @@ def test_a_run_after_pruning_rebuilds_what_was_pruned(
     assert again["model:aligned"]["cached"]
     assert (entries / eval_key).is_dir()
     capsys.readouterr()
+
+
+def test_prune_refuses_a_directory_that_is_not_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    (home / "tmp" / "my-work").mkdir(parents=True)
+    (home / "notes.txt").write_text("mine")
+    for argv in (["--max-size", "0"], ["--older-than", "0"]):
+        assert main(["cache", "prune", "--cache", str(home), *argv]) == 2
+    assert "not an audit store" in capsys.readouterr().err
+    assert (home / "tmp" / "my-work").is_dir()  # nothing deleted ...
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt", "tmp"]  # ... nor created
+
+
+def test_store_marker_rules(tmp_path: Path) -> None:
+    from audit.store import MARKER, NotAStoreError, open_store
+
+    fresh = open_store(tmp_path / "new", create=True)
+    assert json.loads((fresh.root / MARKER).read_text()) == {"format": "audit-store", "version": 1}
+    assert open_store(fresh.root, create=False).root == fresh.root
+    with pytest.raises(NotAStoreError, match="no store"):
+        open_store(tmp_path / "absent", create=False)
+    legacy = tmp_path / "legacy"
+    (legacy / "entries" / "k").mkdir(parents=True)
+    (legacy / "locks").mkdir()
+    open_store(legacy, create=False)  # a store of an older audit is adopted
+    assert (legacy / MARKER).is_file()
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / MARKER).write_text(json.dumps({"format": "audit-store", "version": 99}))
+    with pytest.raises(NotAStoreError, match="newer audit"):
+        open_store(newer, create=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotAStoreError, match="not a directory"):
+        open_store(tmp_path / "file", create=True)
+
+
+def test_run_refuses_a_cache_that_is_not_a_store(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nname = "s"\n\n[models.aligned]\nsource = "organism:aligned"\n')
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("mine")
+    assert main(["run", str(suite), "--cache", str(busy), "--out", str(tmp_path / "o")]) == 2
+    assert sorted(p.name for p in busy.iterdir()) == ["thesis.tex"]
+    assert not (tmp_path / "o").exists()
