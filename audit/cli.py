@@ -222,14 +222,23 @@ def _summarize_comparison(result: dict[str, Any], report: Path, *, quiet: bool) 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from audit.report.render import render_report
-    from audit.results import load_results, load_samples
+    from audit.results import ResultsError, load_results, load_samples
 
     results_path = Path(args.results)
+    if results_path.is_dir():
+        results_path = results_path / "results.json"
     results = load_results(results_path)
     samples_path = results_path.with_name("samples.jsonl")
-    samples = load_samples(samples_path) if samples_path.exists() else []
+    present = samples_path.exists() or samples_path.is_symlink()
+    samples = load_samples(samples_path, results.get("run_id")) if present else []
     out = Path(args.out) if args.out else results_path.with_name("index.html")
-    render_report(results, samples, out)
+    try:
+        render_report(results, samples, out)  # written whole or not at all
+    except Exception as e:  # a results file of the right shape with wrong contents
+        raise ResultsError(
+            f"{results_path}: cannot render this results file ({type(e).__name__}: {e}); "
+            "is it a results.json written by `audit run`?"
+        ) from e
     _out.print(f"report: {escape(str(out))}")
     return EXIT_OK
 
@@ -441,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``audit`` command."""
     from audit.data.records import DataError
     from audit.models.loading import CheckpointNotFoundError, UnsafeCheckpointError
+    from audit.results import ResultsError
     from audit.store import NotAStoreError
     from audit.suite import SuiteError
 
@@ -458,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CheckpointNotFoundError,
         UnsafeCheckpointError,
         NotAStoreError,
+        ResultsError,
     ) as e:
         # a checkpoint a run names is missing or refused (an adapter's base outside the
         # suite): found while planning, before any step runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -113,9 +114,9 @@ def _metrics(plan: Plan, outcome: RunOutcome) -> list[MetricRowT]:
     return rows
 
 
-def _samples(outcome: RunOutcome) -> list[SampleRowT]:
+def _samples(outcome: RunOutcome, run_id: str) -> list[SampleRowT]:
     return [
-        SampleRowT(model=model, evaluator=ename, **asdict(s))  # type: ignore[typeddict-item]
+        SampleRowT(run_id=run_id, model=model, evaluator=ename, **asdict(s))  # type: ignore[typeddict-item]
         for (model, ename), result in outcome.results.items()
         for s in result.samples
     ]
@@ -138,7 +139,8 @@ def assemble(
         comparisons,
         {(m["evaluator"], m["metric"]): m["higher_is_better"] for m in metrics},
     )
-    samples = _samples(outcome)
+    run_id = uuid.uuid4().hex  # written into both files; readers check they agree
+    samples = _samples(outcome, run_id)
     backdoor = [n for n, e in suite.file.evaluators.items() if e.kind == "backdoor"]
     succession = succession_rows(
         models, metrics, samples, evaluators=backdoor, seed=suite.seed, reference=suite.reference
@@ -151,6 +153,7 @@ def assemble(
     forgetting = forgetting_rows(models, samples, lineages, seed=suite.seed)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
         "verdict": {0: "pass", 1: "fail", 3: "error"}[code],
         "exit_code": code,
         "suite": {

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.plugins import MetricRow, MetricSpec, Sample
+from audit.results import ResultsError, check_results, load_samples, read_json_file
 from audit.store import atomic_write_text
 from audit.suite import Sweep
 
@@ -27,56 +28,35 @@ class CompareError(ValueError):
     """An input that is not a run's results (exit code 2)."""
 
 
-_METRIC_KEYS = ("model", "evaluator", "metric", "slice", "value")
-_SAMPLE_KEYS = ("model", "evaluator", "metric", "item_id", "value")
-
-
 def validate_run(run: Any, label: str) -> None:
     """Raise :class:`CompareError` unless ``run`` looks like a run's ``results.json``."""
-    if not isinstance(run, Mapping):
-        raise CompareError(f"{label}: not a results.json (a JSON object was expected)")
-    if run.get("kind") == KIND:
+    if isinstance(run, Mapping) and run.get("kind") == KIND:
         raise CompareError(f"{label} is a comparison.json; compare two runs' results.json files")
-    missing = [k for k in ("schema_version", "suite", "metrics") if k not in run]
-    if missing or not isinstance(run["metrics"], list) or not isinstance(run["suite"], Mapping):
-        what = f"missing {', '.join(missing)}" if missing else "malformed suite or metrics"
-        raise CompareError(f"{label}: not a results.json written by `audit run` ({what})")
-    for i, row in enumerate(run["metrics"]):
-        ok = isinstance(row, Mapping) and all(k in row for k in _METRIC_KEYS)
-        if not ok or not isinstance(row["value"], int | float) or isinstance(row["value"], bool):
-            raise CompareError(f"{label}: metrics[{i}] is not a metric row")
+    try:
+        check_results(run, label)
+    except ResultsError as e:
+        raise CompareError(str(e)) from None
 
 
 def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
     """A run's results, its samples (none without ``samples.jsonl`` beside it) and the path read.
 
-    ``path`` is a ``results.json`` or the directory holding one. Raises :class:`CompareError`.
+    ``path`` is a ``results.json`` or the directory holding one. Both files are read with
+    :mod:`audit.results`' checked readers (a samples file of another run is refused). Raises
+    :class:`CompareError`.
     """
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
-    if not p.is_file():
-        raise CompareError(f"{path}: no such results file")
     try:
-        run = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CompareError(f"{p}: not JSON ({e})") from e
-    validate_run(run, str(p))
-    samples: list[dict[str, Any]] = []
-    sp = p.with_name("samples.jsonl")
-    if sp.is_file():
-        with open(sp, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CompareError(f"{sp}, line {number}: not JSON ({e})") from e
-                if not isinstance(row, dict) or any(k not in row for k in _SAMPLE_KEYS):
-                    raise CompareError(f"{sp}, line {number}: not a sample row")
-                samples.append(row)
-    return run, samples, p
+        run = read_json_file(p, "results.json")
+        validate_run(run, str(p))
+        sp = p.with_name("samples.jsonl")
+        present = sp.exists() or sp.is_symlink()
+        samples = load_samples(sp, run.get("run_id")) if present else []
+    except ResultsError as e:
+        raise CompareError(str(e)) from None
+    return run, [dict(s) for s in samples], p
 
 
 def run_models(run: Mapping[str, Any]) -> dict[str, str]:

@@ -623,3 +623,73 @@ def test_run_with_hostile_data_stops_before_any_model(data: DataFile) -> None:
         assert not run.called and not load.called
         assert not out.exists() and not (root / "cache").exists()
         assert not list(root.rglob("results.json"))
+
+
+# --- results files: `audit report` / `audit compare` / `audit gallery` --------------------------
+
+_JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def results_files(draw: st.DrawFn) -> bytes:
+    """A results.json: run-shaped with hostile parts, any JSON, or raw hostile bytes."""
+    shaped = {
+        "schema_version": draw(_JSON),
+        "run_id": draw(st.one_of(st.none(), _JSON)),
+        "suite": draw(st.one_of(st.fixed_dictionaries({"name": st.text(max_size=8)}), _JSON)),
+        "metrics": draw(
+            st.one_of(
+                st.lists(
+                    st.fixed_dictionaries(
+                        {k: _JSON for k in ("model", "evaluator", "metric", "slice", "value")}
+                    ),
+                    max_size=2,
+                ),
+                _JSON,
+            )
+        ),
+        **draw(st.dictionaries(st.sampled_from(["models", "gates", "steps", "failures"]), _JSON)),
+    }
+    return draw(
+        st.one_of(
+            st.just(json.dumps(shaped).encode()),
+            _JSON.map(lambda v: json.dumps(v).encode()),
+            st.binary(max_size=64),
+            st.sampled_from(
+                [b"[" * 50_000, b"9" * 5000, b'{"suite": "\\ud800"}', b"\xff\xfe{}", b"null"]
+            ),
+        )
+    )
+
+
+@settings(FUZZ, max_examples=40)
+@given(raw=results_files())
+def test_readers_of_results_files_never_crash(raw: bytes) -> None:
+    """`audit report` and `audit compare` on a generated results.json: exit 0, 1 or 2 with a
+    message, never a traceback; on exit 2 nothing is written. The gallery lists it."""
+    with tempfile.TemporaryDirectory(prefix="audit-fuzz-") as tmp:
+        root = Path(tmp)
+        (root / "run").mkdir()
+        (root / "run" / "results.json").write_bytes(raw)
+        result = cli("report", str(root / "run" / "results.json"))
+        assert result.code in (0, 2) and "Traceback" not in result.out + result.err
+        if result.code == 2:
+            assert result.err.startswith("error ") and not (root / "run" / "index.html").exists()
+        result = cli("compare", str(root / "run"), str(root / "run"), "--out", str(root / "c"))
+        assert result.code in (0, 1, 2) and "Traceback" not in result.out + result.err
+        if result.code == 2:
+            assert not (root / "c").exists()
+        assert_handled(cli("gallery", str(root)), allowed=(0,))

@@ -377,7 +377,7 @@ def test_load_run_messages(tmp_path: Path) -> None:
     results, _ = _run({"tuned": (_refusing(), _margins(), 0.9)})
     (tmp_path / "results.json").write_text(json.dumps(results))
     (tmp_path / "samples.jsonl").write_text("{}\n")
-    with pytest.raises(CompareError, match="line 1: not a sample row"):
+    with pytest.raises(CompareError, match="samples.jsonl:1: not a sample row"):
         load_run(tmp_path)
 
 

@@ -45,6 +45,7 @@ def power_law_chart(
     Each series has ``label``, ``points`` (``x``, ``y``, ``low``, ``high``) and optionally
     ``fit`` (``A``, ``beta``, ``E``).
     """
+    series = [{**s, "points": _finite_points(s["points"])} for s in series]
     xs = [float(p["x"]) for s in series for p in s["points"] if float(p["x"]) > 0]
     if not xs:
         return Markup('<p class="empty">No points to draw.</p>')
@@ -139,6 +140,30 @@ Estimate = tuple[float, float | None, float | None]
 """A value and its 95% interval (either end None when not known)."""
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _finite_estimates(estimates: Mapping[str, Estimate]) -> dict[str, Estimate]:
+    """The estimates with a finite value (a NaN or infinite one is not drawn: the tables show
+    it), interval ends that are not finite dropped."""
+    return {
+        name: (v, low if _finite(low) else None, high if _finite(high) else None)
+        for name, (v, low, high) in estimates.items()
+        if _finite(v)
+    }
+
+
+def _finite_points(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Points with finite x and y; interval ends that are not finite dropped."""
+    return [
+        {**p, "low": p.get("low") if _finite(p.get("low")) else None,
+         "high": p.get("high") if _finite(p.get("high")) else None}
+        for p in points
+        if _finite(p.get("x")) and _finite(p.get("y"))
+    ]  # fmt: skip
+
+
 def _linear_range(
     values: Sequence[float], bounds: tuple[float, float] | None
 ) -> tuple[float, float]:
@@ -164,12 +189,13 @@ def dot_chart(
     of each row, green when the change is an improvement (given ``higher_is_better``), red
     when it is a worsening. ``bounds`` fixes the x axis (``(0, 1)`` for rates).
     """
+    rows = [(label, _finite_estimates(estimates)) for label, estimates in rows]
     values = [
         float(v)
         for _, estimates in rows
         for est in estimates.values()
         for v in est
-        if v is not None and math.isfinite(float(v))
+        if v is not None
     ]
     if not rows or not values:
         return Markup('<p class="empty">Nothing to draw.</p>')

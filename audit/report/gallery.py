@@ -13,7 +13,6 @@ links are relative paths built here from directory names (URL-quoted), never tak
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -251,24 +250,23 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _load(file: Path) -> dict[str, Any]:
-    """The file's JSON object; raises ValueError with a readable reason otherwise."""
+    """The file's JSON object; raises ValueError with a readable reason otherwise.
+
+    Read with :func:`audit.results.read_json_file` (a regular file only, never a FIFO; UTF-8,
+    digits, depth and lone surrogates checked), whose :class:`~audit.results.ResultsError` is a
+    ValueError.
+    """
+    from audit.results import read_json_file
+
     try:
         size = file.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ValueError(f"file too large ({size} bytes)")
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 text: {e.reason} at byte {e.start}") from e
     except OSError as e:
         raise ValueError(f"cannot read: {e.strerror or e}") from e
-    if not text.strip():
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"file too large ({size} bytes)")
+    if size == 0:
         raise ValueError("empty file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    except RecursionError as e:
-        raise ValueError("invalid JSON: nested too deeply") from e
+    data = read_json_file(file, file.name)
     if not isinstance(data, dict):
         raise ValueError(f"wrong shape: a JSON {type(data).__name__}, not an object")
     known = ("suite", "gates", "metrics", "models", "comparisons", "verdict", "schema_version")

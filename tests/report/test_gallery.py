@@ -251,8 +251,8 @@ def test_only_the_first_failed_gates_are_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        ('{"suite": {"name": "x"}, "gates": [', "invalid JSON"),
-        ("not json at all", "invalid JSON"),
+        ('{"suite": {"name": "x"}, "gates": [', "not JSON"),
+        ("not json at all", "not JSON"),
         ("", "empty file"),
         ("[1, 2, 3]", "wrong shape"),
         ('{"hello": "world"}', "wrong shape"),
@@ -452,6 +452,7 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, results: dict[str, Any]) -> None:
 
     monkeypatch.setattr(cli, "_load", lambda path: SimpleNamespace(name="fake"))
     monkeypatch.setattr(audit.plan, "build_plan", lambda suite, hash_cache: None)
+    monkeypatch.setattr(audit.plan, "vet_sources", lambda suite: {})
     monkeypatch.setattr(audit.runner, "Runner", Runner)
     monkeypatch.setattr(audit.outputs, "assemble", lambda *args: (results, []))
 
