@@ -63,6 +63,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC)
     cache = Path(args.cache).resolve() if args.cache else suite.cache_dir
     out_dir = Path(args.out) if args.out else _default_out(suite)
+    for flag, path in (("--out", out_dir), ("--cache", cache)):
+        if path.exists() and not path.is_dir():
+            _err.print(f"[red]error[/] {flag} {escape(str(path))} is a file, not a directory")
+            return EXIT_INVALID
     vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
     store = open_store(cache, create=True)
     plan = build_plan(suite, hash_cache=cache / "file-hashes")

@@ -57,9 +57,16 @@ SafetyData = Annotated[str, DataRefMarker("safety")]
 
 
 class Params(BaseModel):
-    """Base of every plug-in's parameter model: unknown keys are errors."""
+    """Base of every plug-in's parameter model.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Unknown keys are errors; numbers are strict (``true`` or ``"5"`` is no number; an integer
+    is a fine float) and must be finite (``lr = inf`` or ``nan`` is refused). Consistency
+    between parameters is checked with pydantic ``model_validator`` functions on the plug-in's
+    ``Params``: a ``ValueError`` raised there is reported by ``audit validate`` at the
+    plug-in's table, like any other invalid parameter.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,15 @@ from audit.tomlpos import key_lines, line_of
 
 SOURCE_SCHEMES = ("hf:", "path:", "organism:")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_EVALUATOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")  # "EVALUATOR.METRIC" splits at '.'
+MAX_NAME_CHARS = 100
+"""The longest model or evaluator name (names appear in every table, chart and file of a run)."""
 
 
 class Strict(BaseModel):
-    """Sections with a fixed set of keys."""
+    """Sections with a fixed set of keys; numbers strict (``seed = true`` is no number)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 def _no_nul(value: str) -> str:
@@ -106,8 +109,12 @@ class ModelSpec(BaseModel):
     source: str | None = Field(
         None, description='"hf:ID[@REVISION]", "path:DIR" or "organism:NAME".'
     )
-    from_: str | list[str] | None = Field(None, alias="from", description="Parent model(s).")
-    models: list[str] | None = Field(None, description="Input models (e.g. of a merge).")
+    from_: str | Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, alias="from", description="Parent model(s)."
+    )
+    models: list[str] | None = Field(
+        None, min_length=1, description="Input models (e.g. of a merge)."
+    )
     intervention: str | None = Field(None, description="The intervention plug-in to apply.")
     allow_pickle: bool = Field(False, description="Allow pickle weights (weights_only loading).")
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's custom code.")
@@ -494,7 +501,10 @@ class _Checker:
         dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(
             ".[", "["
         )
-        issue = SuiteIssue(self.file, line_of(self.lines, where), dotted, message)
+        line = line_of(self.lines, where)
+        if line is None and len(loc) == 1:  # a whole section missing: say so at the top
+            line = 1
+        issue = SuiteIssue(self.file, line, dotted, message)
         if issue not in self.issues:
             self.issues.append(issue)
 
@@ -543,11 +553,20 @@ def _section_allowed(loc: tuple[str | int, ...]) -> list[str]:
 def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
     """Read and parse a TOML file, turning syntax errors into a :class:`SuiteError`."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a leading byte order mark is dropped
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SuiteError([SuiteIssue(str(path), None, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise SuiteError([SuiteIssue(str(path), None, "", f"cannot read file ({e})")]) from None
+    try:
+        text = raw.decode("utf-8-sig")  # a leading byte order mark is dropped
+    except UnicodeDecodeError as e:
+        why = f"not UTF-8 text (byte 0x{raw[e.start]:02x}): a suite is a TOML text file"
+        bad_line = raw.count(b"\n", 0, e.start) + 1
+        raise SuiteError([SuiteIssue(str(path), bad_line, "", why)]) from None
+    if not text.strip():
+        why = "the file is empty: a suite needs a [suite] table and [models.NAME] tables"
+        raise SuiteError([SuiteIssue(str(path), 1, "", why)]) from None
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -595,6 +614,8 @@ def _check_sources(check: _Checker, name: str, spec: ModelSpec) -> None:
                 f"unknown source {spec.source!r}: expected one of "
                 + ", ".join(f'"{s}…"' for s in SOURCE_SCHEMES),
             )
+        elif problem := _source_problem(spec.source):
+            check.add((*loc, "source"), problem)
         if spec.parents:
             check.add(
                 (*loc, "from"), "a loaded model (`source`) has no parents; drop `from`/`models`"
@@ -603,6 +624,27 @@ def _check_sources(check: _Checker, name: str, spec: ModelSpec) -> None:
             key = next(iter(spec.params))
             allowed = _allowed_keys(ModelSpec)
             check.add((*loc, key), f"unknown key {key!r}{did_you_mean(key, allowed)}")
+
+
+def _source_problem(source: str) -> str | None:
+    """What is wrong with a source's syntax (no file or hub access), or None."""
+    scheme, _, rest = source.partition(":")
+    if scheme == "organism":
+        from audit.organism.build import organism_names
+
+        names = organism_names()
+        if rest not in names:
+            return f"unknown organism {rest!r}{did_you_mean(rest, names)}; built-in: " + ", ".join(
+                names
+            )
+        return None
+    if scheme == "hf":
+        from audit.models.loading import hub_id_problem
+
+        return hub_id_problem(rest)
+    if not rest or "\0" in rest:
+        return f"{source!r} names no directory after 'path:'"
+    return None
 
 
 def _sweep_ref_message(sweep: Sweep, key: str, listed: bool) -> str:
@@ -807,6 +849,8 @@ def _check_models(check: _Checker, suite: Suite, broken: Collection[str] = ()) -
         table = check.members.get(name, (name, ""))[0]
         if not _NAME.match(table):
             check.add(("models", table), "model names use letters, digits, '_', '-' and '.'")
+        elif len(table) > MAX_NAME_CHARS:
+            check.add(("models", table), f"model names have at most {MAX_NAME_CHARS} characters")
         _check_sources(check, name, spec)
         for key, refs, listed in (
             ("from", _as_list(spec.from_), isinstance(spec.from_, list)),
@@ -880,6 +924,12 @@ def _check_evaluators(check: _Checker, suite: Suite) -> None:
     names = list(suite.file.models)
     for ename, espec in suite.file.evaluators.items():
         loc: tuple[str | int, ...] = ("evaluators", ename)
+        if not _EVALUATOR_NAME.match(ename) or len(ename) > MAX_NAME_CHARS:
+            check.add(
+                loc,
+                "evaluator names use letters, digits, '_' and '-' (no '.': gates name metrics "
+                f'"EVALUATOR.METRIC"), at most {MAX_NAME_CHARS} characters',
+            )
         _check_patterns(check, (*loc, "models"), espec.models or [], names, suite.sweeps)
         if espec.kind not in registry.evaluators:
             check.add((*loc, "kind"), registry.evaluators.unknown_message(espec.kind))
@@ -1024,6 +1074,12 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
     ref = parsed.suite.reference
     if ref is not None:
         _check_ref(check, ("suite", "reference"), ref, names, suite.sweeps)
+    for loc, value in (
+        (("suite", "cache_dir"), parsed.suite.cache_dir),
+        (("report", "output_dir"), parsed.report.output_dir),
+    ):
+        if value and _is_file(suite.dir / value):
+            check.add(loc, f"{value!r} is an existing file; name a directory (or a new one)")
     roots = [n for n, s in parsed.models.items() if s.source is not None]
     suite.reference = ref or (roots[0] if roots else names[0] if names else "")
     _check_gates(check, suite, within_run=not release)
@@ -1031,6 +1087,13 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
     if check.issues:
         raise SuiteError(check.issues)
     return suite
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.exists() and not path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def load_suite(path: str | Path, *, release: bool = False) -> Suite:

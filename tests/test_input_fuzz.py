@@ -23,6 +23,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_suite import REFUSED
 
 from audit.cli import main
 
@@ -693,3 +694,21 @@ def test_readers_of_results_files_never_crash(raw: bytes) -> None:
         if result.code == 2:
             assert not (root / "c").exists()
         assert_handled(cli("gallery", str(root)), allowed=(0,))
+
+
+@settings(FUZZ, max_examples=30)
+@given(
+    case=st.sampled_from(sorted(REFUSED)),
+    junk=st.text(alphabet=" \t\n#", max_size=6),
+)
+def test_hostile_suites_stop_run_before_any_store_or_output(case: str, junk: str) -> None:
+    """Each class of suite `audit validate` refuses (`test_suite.REFUSED`), with trailing
+    whitespace and comments: `audit run` exits 2 at a line and writes nothing."""
+    with workdir() as root:
+        text = REFUSED[case][0]
+        (root / "suite.toml").write_text(text + junk if text.strip() else text)
+        out = root / "out"
+        result = cli("run", str(root / "suite.toml"), "--out", str(out), "--quiet")
+        assert_handled(result, allowed=(2,))
+        assert "suite.toml:" in result.err
+        assert not out.exists() and not (root / ".audit-cache").exists()

@@ -167,3 +167,95 @@ def test_schema_includes_plugin_params(capsys: pytest.CaptureFixture[str]) -> No
     assert "intervention:lora" in json_schema()["$defs"]
     assert main(["schema"]) == 0
     assert "properties" in json.loads(capsys.readouterr().out)
+
+
+# --- refused at validation, with a line (issue: hostile inputs refused before anything runs) ---
+
+BASE = '[suite]\nname = "s"\n\n[models.aligned]\nsource = "organism:aligned"\n'
+REFUSED = {
+    "empty hub id": (BASE + '\n[models.x]\nsource = "hf:"\n', 8, "names no model"),
+    "bad hub id": (BASE + '\n[models.x]\nsource = "hf:a/b/c"\n', 8, "not a hub id"),
+    "unknown organism": (BASE + '\n[models.x]\nsource = "organism:nope"\n', 8, "unknown organism"),
+    "bool seed": (BASE.replace('"s"\n', '"s"\nseed = true\n'), 3, "valid integer"),
+    "string seed": (BASE.replace('"s"\n', '"s"\nseed = "3"\n'), 3, "valid integer"),
+    "merge of nothing": (
+        BASE + '\n[models.m]\nintervention = "merge"\nmethod = "ties"\nbase = "aligned"\n'
+        "models = []\n",
+        11,
+        "at least 1 item",
+    ),
+    "long model name": (
+        BASE + f'\n[models.{"a" * 20_000}]\nsource = "organism:aligned"\n',
+        7,
+        "at most 100 characters",
+    ),  # fmt: skip
+    "dotted evaluator": (
+        BASE + '\n[evaluators."a.b"]\nkind = "refusal"\nprobes = "organism:driftcaps"\n',
+        7,
+        "no '.'",
+    ),
+    "non-finite lr": (
+        BASE + '\n[models.t]\nfrom = "aligned"\nintervention = "lora"\n'
+        'data = "organism:helpful"\nlr = inf\n',
+        11,
+        "finite number",
+    ),
+    "nan scaling": (
+        BASE + '\n[models.m]\nfrom = "aligned"\nintervention = "merge"\nmethod = "ties"\n'
+        'base = "aligned"\nscaling = nan\n',
+        12,
+        "finite number",
+    ),
+    "bool steps": (
+        BASE + '\n[models.t]\nfrom = "aligned"\nintervention = "lora"\n'
+        'data = "organism:helpful"\nsteps = true\n',
+        11,
+        "valid integer",
+    ),
+    "inconsistent params": (
+        BASE + '\n[models.t]\nfrom = "aligned"\nintervention = "lora"\n'
+        'data = "organism:helpful"\nsteps = 5\nepochs = 1\n',
+        7,
+        "either 'steps' or 'epochs'",
+    ),
+    "no models key": ('[suite]\nname = "s"\n', 1, "required key is missing"),
+    "empty file": ("", 1, "the file is empty"),
+    "whitespace file": ("\n  \n", 1, "the file is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_hostile_suites_are_refused_with_a_line(tmp_path: Path, case: str) -> None:
+    text, line, message = REFUSED[case]
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    assert any(i.line == line and message in i.message for i in error.value.issues), [
+        str(i) for i in error.value.issues
+    ]
+
+
+def test_a_binary_suite_file_gets_the_line_of_its_first_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "suite.toml"
+    path.write_bytes(b'[suite]\nname = "s"\n\x00\xff\xfe\n')
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    assert error.value.issues[0].line == 3 and "not UTF-8" in error.value.issues[0].message
+
+
+def test_output_or_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("mine")
+    path = tmp_path / "suite.toml"
+    for text, where in (
+        (BASE.replace('"s"\n', '"s"\ncache_dir = "taken"\n'), "suite.cache_dir"),
+        (BASE + '\n[report]\noutput_dir = "taken"\n', "report.output_dir"),
+    ):
+        path.write_text(text)
+        with pytest.raises(SuiteError, match=f"{where}: 'taken' is an existing file"):
+            load_suite(path)
+    path.write_text(BASE)
+    for flag in ("--out", "--cache"):
+        argv = ["run", str(path), flag, str(tmp_path / "taken"), "--quiet"]
+        assert main(argv) == 2
+    assert (tmp_path / "taken").read_text() == "mine"

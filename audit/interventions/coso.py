@@ -94,7 +94,7 @@ class CosoIntervention:
         threshold: float = Field(default=0.9, gt=0, le=1)
         max_history: float = Field(default=0.5, ge=0, le=1)
         weight_decay: float = Field(default=0.01, ge=0)
-        betas: tuple[float, float] = (0.9, 0.999)
+        betas: tuple[float, float] = Field((0.9, 0.999), strict=False)  # TOML gives a list
         eps: float = Field(default=1e-8, gt=0)
 
     def __init__(self, params: CosoIntervention.Params) -> None:

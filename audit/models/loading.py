@@ -100,6 +100,18 @@ def resolve_source(source: str, *, suite_dir: Path) -> Path:
     )
 
 
+def hub_id_problem(rest: str) -> str | None:
+    """What is wrong with the ``ID[@REVISION]`` of an ``hf:`` source, or None (no hub access)."""
+    repo_id, at, revision = rest.partition("@")
+    if not repo_id:
+        return "'hf:' names no model; write 'hf:ORG/NAME' or 'hf:ORG/NAME@REVISION'"
+    if not _HUB_ID.fullmatch(repo_id) or len(repo_id) > 96:
+        return f"{repo_id!r} is not a hub id; write 'hf:ORG/NAME' or 'hf:ORG/NAME@REVISION'"
+    if at and not revision.strip():
+        return f"'hf:{rest}' has an empty revision after '@'"
+    return None
+
+
 def _hub_offline() -> bool:
     """Whether hub access is switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
