@@ -121,6 +121,16 @@ def _tooltip(node: _Node) -> str:
     return "\n".join(lines)
 
 
+def _legend_step(text: str) -> int:
+    """Horizontal room of one legend item: swatch, gap, text (≈ 7 px a character at 12 px)."""
+    return 34 + 7 * len(text)
+
+
+def legend_width() -> int:
+    """The width the legend needs, from its left edge."""
+    return sum(_legend_step(text) for text in LEGEND.values())
+
+
 def lineage_svg(results: Mapping[str, Any]) -> Markup:
     """The models of ``results`` as a left-to-right lineage diagram, or a note when none."""
     nodes = _nodes(results)
@@ -128,7 +138,10 @@ def lineage_svg(results: Mapping[str, Any]) -> Markup:
         return Markup('<p class="empty">No models.</p>')
     layers = _layers(nodes)
     rows = max(len(layer) for layer in layers)
-    width = PAD * 2 + len(layers) * NODE_W + (len(layers) - 1) * COL_GAP
+    width = max(
+        PAD * 2 + len(layers) * NODE_W + (len(layers) - 1) * COL_GAP,
+        PAD + legend_width(),  # a small suite's diagram is narrower than its legend
+    )
     legend_h = 26
     height = PAD * 2 + legend_h + rows * (NODE_H + ROW_GAP)
     xy: dict[str, tuple[float, float]] = {}
@@ -150,7 +163,7 @@ def lineage_svg(results: Mapping[str, Any]) -> Markup:
             f'<rect x="{x}" y="{PAD}" width="14" height="14" rx="3" fill="{fill}" '
             f'stroke="{stroke}"/><text x="{x + 19}" y="{PAD + 11}" font-size="12">{text}</text>'
         )
-        x += 34 + 7 * len(text)
+        x += _legend_step(text)
     for name, node in nodes.items():
         cx, cy = xy[name]
         for parent in node.parents:

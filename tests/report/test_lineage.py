@@ -86,3 +86,17 @@ def test_labels_escaped_and_cycles_survived() -> None:
 
 def test_no_models() -> None:
     assert "No models" in str(lineage_svg({"models": []}))
+
+
+def test_the_legend_fits_small_diagrams() -> None:
+    """One or two models: the legend, not the nodes, sets the width (it was clipped)."""
+    from xml.etree import ElementTree
+
+    for models in ([_model("base", [])], [_model("base", []), _model("tuned", ["base"])]):
+        page = ElementTree.fromstring(str(lineage_svg({"models": models, "gates": []})))
+        root = next(page.iter("{http://www.w3.org/2000/svg}svg"))
+        width = float(root.get("width", "0"))
+        assert root.get("viewBox") == f"0 0 {root.get('width')} {root.get('height')}"
+        for text in root.iter("{http://www.w3.org/2000/svg}text"):
+            right = float(text.get("x", "0")) + 7 * len("".join(text.itertext()))
+            assert right <= width, (text.get("x"), "".join(text.itertext()), width)
