@@ -17,14 +17,23 @@ import re
 
 from rich.markup import escape as _markup_escape
 
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+"""Unicode bidirectional marks, embeddings, overrides and isolates (a regex class body)."""
+_BIDI = re.compile(f"[{BIDI_CONTROLS}]")
 # C0 controls but newline, DEL, C1 controls; bidi embedding/override/isolate marks.
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{BIDI_CONTROLS}]")
 _CONTROL_AND_NEWLINE = re.compile(_CONTROL.pattern[:-1] + "\n]")
 
 
 def _visible(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def show_bidi(text: str) -> str:
+    """``text`` with bidirectional controls replaced by visible escapes (``\u202e``): shown,
+    never obeyed, so ``term\u202eLIAF`` cannot display as "termFAIL" (the HTML pages use it)."""
+    return _BIDI.sub(_visible, text)
 
 
 def clean(text: object, *, newlines: bool = True) -> str:

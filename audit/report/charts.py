@@ -6,7 +6,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
+
+from audit.report.text import escape
 
 PALETTE = ("#1f6fb2", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0f766e")
 WIDTH, HEIGHT = 640, 360

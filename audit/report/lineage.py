@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
+
+from audit.report.text import escape
 
 NODE_W, NODE_H, COL_GAP, ROW_GAP, PAD = 200, 26, 70, 8, 12
 COLOURS = {

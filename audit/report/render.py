@@ -31,6 +31,7 @@ from pandas.io.formats.style import Styler
 
 import audit
 from audit.faults import fault_point
+from audit.report.text import clean
 
 ALPHA = 0.05
 """A paired test below this p-value counts as significant (bold and starred)."""
@@ -46,7 +47,6 @@ SCRIPT = (_HERE / "sort.js").read_text(encoding="utf-8").strip()
 """The page's only script (click a column heading to sort); the CSP allows it by its hash."""
 SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
 _EMPTY_STYLE = re.compile(r'<style type="text/css">\s*</style>\s*')
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 Row = dict[str, str]
 
 
@@ -54,9 +54,8 @@ Row = dict[str, str]
 
 
 def _clean(text: str) -> str:
-    """``text`` as a plain str HTML can carry: lone surrogates and control characters replaced."""
-    text = str(text).encode("utf-8", "replace").decode("utf-8")
-    return _CONTROL.sub("\ufffd", text)
+    """``text`` as a plain str HTML can carry (:func:`audit.report.text.clean`)."""
+    return clean(text)
 
 
 def _float(value: Any) -> float | None:
@@ -114,7 +113,7 @@ def _text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value) if value else DASH
     if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+        return _clean(json.dumps(value, sort_keys=True, default=str, ensure_ascii=False))
     return _clean(str(value)) if str(value) else DASH
 
 
