@@ -4,8 +4,9 @@ organism build | list | schema`` (``cache prune``: :mod:`audit.prune`).
 ``audit compare OLD NEW`` compares a candidate release's run (NEW) with the last shipped one's
 (OLD) and applies release gates to the change (:mod:`audit.regression`); it writes
 ``comparison.json`` and ``index.html`` to ``--out`` (default
-``reports/compare-<old suite>-vs-<new suite>/``). Both rewrite the gallery of runs at the
-output root, and both write ``--junit`` XML and a markdown ``--summary`` (by default appended to
+``reports/compare-<old suite>-vs-<new suite>/``). Both rewrite the gallery of runs
+(``--gallery DIR``; by default the reports root, when the output directory lies under it, and
+otherwise none: nothing is written outside the directories named), and both write ``--junit`` XML and a markdown ``--summary`` (by default appended to
 ``$GITHUB_STEP_SUMMARY`` when that is set) for CI.
 
 Exit codes: 0 every gate passed, 1 a gate failed, 2 invalid suite, input or usage, 3 a step
@@ -18,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.close()  # release the entries this run used: `audit cache prune` may take them now
     results, samples = assemble(plan, outcome, started, args.device)
     report = write_outputs(out_dir, results, samples)
-    _update_gallery(out_dir.resolve().parent)
+    _update_gallery(_gallery_root(args.gallery, out_dir, lambda: _default_out(suite).parent))
     _summarize(results, outcome.executed, report)
     return _ci_outputs(results, args, report, int(results["exit_code"]))
 
@@ -131,11 +132,27 @@ def _summarize(results: dict[str, Any], executed: list[str], report: Path) -> No
     _out.print(f"[bold {colour}]{verdict}[/] — report: {escape(str(report))}")
 
 
-def _update_gallery(root: Path) -> None:
+def _gallery_root(
+    gallery: str | None, out_dir: Path, reports_root: Callable[[], Path]
+) -> Path | None:
+    """Where the gallery goes: ``--gallery DIR``, else the reports root (``reports/``, or the
+    parent of ``[report] output_dir``) when the output directory lies under it; else nowhere,
+    so that a command never writes outside the directories it was given."""
+    if gallery is not None:
+        return Path(gallery)
+    root = reports_root().resolve()
+    return root if out_dir.resolve().is_relative_to(root) else None
+
+
+def _update_gallery(root: Path | None) -> None:
     """Rewrite ``root/index.html`` after a run; a failure is a warning, never the run's result."""
+    if root is None:
+        _out.print("gallery: not updated (the output is outside the reports root; --gallery DIR)")
+        return
     try:
         from audit.report.gallery import write_gallery
 
+        root.mkdir(parents=True, exist_ok=True)  # named by --gallery, or holding the output
         write_gallery(root)
     except Exception as e:
         _err.print(f"[yellow]warning[/] gallery not updated: {escape(str(e))}")
@@ -163,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _err.print(f"[red]error[/] {escape(str(e))}")
         return EXIT_INVALID
     report = write_comparison(out_dir, result)
-    _update_gallery(out_dir.resolve().parent)
+    _update_gallery(_gallery_root(args.gallery, out_dir, lambda: Path("reports")))
     _summarize_comparison(result, report, quiet=args.quiet)
     return _ci_outputs(result, args, report, int(result["exit_code"]))
 
@@ -409,6 +426,12 @@ def parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=cmd_compare)
 
     for command in (run, cmp):
+        command.add_argument(
+            "--gallery",
+            metavar="DIR",
+            help="rewrite DIR/index.html, the gallery of the runs under DIR (default: the reports "
+            "root, when the output directory is under it)",
+        )
         command.add_argument(
             "--junit", metavar="PATH", help="write a JUnit XML file: one testcase per gate × model"
         )

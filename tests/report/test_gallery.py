@@ -450,7 +450,9 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, results: dict[str, Any]) -> None:
         def run(self) -> SimpleNamespace:
             return SimpleNamespace(executed=[])
 
-    monkeypatch.setattr(cli, "_load", lambda path: SimpleNamespace(name="fake"))
+    report = SimpleNamespace(output_dir=None)  # the default output: reports/<name>
+    fake = SimpleNamespace(name="fake", file=SimpleNamespace(report=report))
+    monkeypatch.setattr(cli, "_load", lambda path: fake)
     monkeypatch.setattr(audit.plan, "build_plan", lambda suite, hash_cache: None)
     monkeypatch.setattr(audit.plan, "vet_sources", lambda suite: {})
     monkeypatch.setattr(audit.runner, "Runner", Runner)
@@ -462,6 +464,7 @@ def test_audit_run_rewrites_the_gallery(tmp_path: Path, monkeypatch: pytest.Monk
     first = _results("first run", finished="2026-01-01T00:00:00+00:00")
     _fake_run(monkeypatch, first)
     args = ["run", "suite.toml", "--cache", str(tmp_path / "cache"), "--quiet"]
+    args += ["--gallery", str(root)]
     assert cli.main([*args, "--out", str(root / "first")]) == 0
     html = (root / "index.html").read_text(encoding="utf-8")
     assert "first run" in html and "1 run: 1 pass" in html
@@ -482,7 +485,24 @@ def test_a_gallery_failure_does_not_change_the_exit_code(
     (root / "index.html").write_text("<p>not a gallery</p>", encoding="utf-8")
     _fake_run(monkeypatch, _results("a run"))
     args = ["run", "suite.toml", "--cache", str(tmp_path / "cache"), "--quiet"]
+    args += ["--gallery", str(root)]
     assert cli.main([*args, "--out", str(root / "run")]) == 0
     assert "gallery not updated" in capsys.readouterr().err
     assert (root / "index.html").read_text(encoding="utf-8") == "<p>not a gallery</p>"
     assert (root / "run" / "index.html").is_file()
+
+
+def test_the_gallery_goes_only_where_it_is_asked_or_under_the_reports_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--out X/run` alone no longer writes X/index.html, a file nobody named."""
+    _fake_run(monkeypatch, _results("a run"))
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "suite.toml", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "x" / "run")]) == 0
+    assert not (tmp_path / "x" / "index.html").exists()
+    assert "gallery: not updated" in capsys.readouterr().out
+    assert cli.main([*args, "--out", str(tmp_path / "x" / "run"), "--gallery", "g"]) == 0
+    assert (tmp_path / "g" / "index.html").is_file()  # where asked (it lists what is under g)
+    assert cli.main([*args, "--out", "reports/run"]) == 0  # under the default reports root
+    assert "a run" in (tmp_path / "reports" / "index.html").read_text(encoding="utf-8")
