@@ -6,8 +6,9 @@ organism build | list | schema`` (``cache prune``: :mod:`audit.prune`).
 ``comparison.json`` and ``index.html`` to ``--out`` (default
 ``reports/compare-<old suite>-vs-<new suite>/``). Both rewrite the gallery of runs
 (``--gallery DIR``; by default the reports root, when the output directory lies under it, and
-otherwise none: nothing is written outside the directories named), and both write ``--junit`` XML and a markdown ``--summary`` (by default appended to
-``$GITHUB_STEP_SUMMARY`` when that is set) for CI.
+otherwise none: nothing is written outside the directories named), and both write
+``--junit`` XML and a markdown ``--summary`` (by default appended to ``$GITHUB_STEP_SUMMARY``
+when that is set) for CI.
 
 Exit codes: 0 every gate passed, 1 a gate failed, 2 invalid suite, input or usage, 3 a step
 crashed (for ``compare``: the new run has failed steps).
