@@ -55,6 +55,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from audit.library_output import LOG_NAME, library_output
     from audit.outputs import assemble, write_outputs
     from audit.plan import build_plan, vet_sources
     from audit.progress import Progress
@@ -72,7 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
     store = open_store(cache, create=True)
     plan = build_plan(suite, hash_cache=cache / "file-hashes")
-    outcome = Runner(plan, store, Progress(quiet=args.quiet), device=args.device).run()
+    with library_output(out_dir / LOG_NAME) as terminal:  # libraries' chatter → run.log
+        console = None if terminal is None else Console(file=terminal, highlight=False)
+        progress = Progress(quiet=args.quiet, console=console)
+        outcome = Runner(plan, store, progress, device=args.device).run()
     store.close()  # release the entries this run used: `audit cache prune` may take them now
     results, samples = assemble(plan, outcome, started, args.device)
     report = write_outputs(out_dir, results, samples)

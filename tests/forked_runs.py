@@ -256,6 +256,7 @@ def start(
     log = log or out.with_name(out.name + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = ["run", str(suite), "--out", str(out), "--cache", str(store), "--quiet"]
+    argv += ["--gallery", str(out.parent)]  # the gallery of the runs beside it, as before
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
