@@ -23,8 +23,8 @@ fit within the margin, were the change and the per-item spread to stay as observ
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from audit.results import ComparisonRowT, GateRowT, MetricRowT
 from audit.suite import GateSpec, Suite, match_models
@@ -123,6 +123,19 @@ def absolute_gate(
     out["passed"] = passed
     out["detail"] = f"{where} = {_fmt(value)} {op} {rule} {threshold:g}"
     return out
+
+
+def absolute_gate_on_row(
+    gate: GateSpec, name: str, model: str, row: Mapping[str, Any] | None, why: str
+) -> GateRowT:
+    """:func:`absolute_gate` on a metric row (its value and interval); None: fails with ``why``."""
+    if row is None:
+        return absolute_gate(gate, name, model, None, why)
+    value = row["value"]
+    return absolute_gate(
+        gate, name, model, None if value is None else float(value), why,
+        (row.get("ci_low"), row.get("ci_high")),
+    )  # fmt: skip
 
 
 def n_for_margin(n: int, change: float, worst: float, margin: float) -> int | None:
@@ -311,7 +324,7 @@ def evaluate_gates(
         for i, gate in enumerate(suite.file.gates)
         for model, baseline in gate_pairs(suite, gate)
     ]
-    found = [by_pair.get((m, b, *_metric_key(g))) if b is not None else None for _, g, m, b in todo]
+    found = [by_pair.get((m, b, *metric_key(g))) if b is not None else None for _, g, m, b in todo]
     adjusted = corrected_p_values([g for _, g, _, _ in todo], found, correction)
     rows: list[GateRowT] = []
     for i, gate in enumerate(suite.file.gates):
@@ -324,10 +337,8 @@ def evaluate_gates(
             status = model_status.get(model, "skipped")
             why = "the evaluation failed" if status == "ok" else f"model step {status}"
             if baseline is None:
-                metric = by_metric.get((model, *_metric_key(gate)))
-                value = None if metric is None else metric["value"]
-                interval = (None, None) if metric is None else (metric["ci_low"], metric["ci_high"])
-                rows.append(absolute_gate(gate, name, model, value, why, interval))
+                metric = by_metric.get((model, *metric_key(gate)))
+                rows.append(absolute_gate_on_row(gate, name, model, metric, why))
                 continue
             rows.append(
                 relative_gate(
@@ -344,7 +355,8 @@ def evaluate_gates(
     return rows
 
 
-def _metric_key(gate: GateSpec) -> tuple[str, str, str]:
+def metric_key(gate: GateSpec) -> tuple[str, str, str]:
+    """(evaluator, metric, slice) of the rows a gate reads."""
     ename, _, metric = gate.metric.partition(".")
     return ename, metric, gate.slice
 

@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.gates import (
-    absolute_gate,
+    absolute_gate_on_row,
     corrected_p_values,
     gate_name,
+    metric_key,
     nothing_checked,
     relative_gate,
 )
@@ -118,7 +119,8 @@ def release_gates(
         for model in _gated(gate, gate.metric.partition(".")[0], old, new, to_new, sweeps)
     ]
     found = [
-        rows_by_key.get((m, *_key(g))) if g.relative and m in matched else None for _, g, m in todo
+        rows_by_key.get((m, *metric_key(g))) if g.relative and m in matched else None
+        for _, g, m in todo
     ]
     adjusted = corrected_p_values([g for _, g, _ in todo], found, correction)
     rows: list[GateRowT] = []
@@ -136,10 +138,8 @@ def release_gates(
                 why = _why(new_status.get(model), "new", model) or (
                     f"no row for {gate.metric} [{gate.slice}] in the new run"
                 )
-                metric = values.get((model, *_key(gate)))
-                value = None if metric is None else float(metric["value"])
-                interval = (None, None) if metric is None else (metric["ci_low"], metric["ci_high"])
-                rows.append(absolute_gate(gate, name, model, value, why, interval))
+                metric = values.get((model, *metric_key(gate)))
+                rows.append(absolute_gate_on_row(gate, name, model, metric, why))
                 continue
             baseline = matched.get(model, model)
             why = (
@@ -162,8 +162,3 @@ def release_gates(
                 )
             )
     return rows
-
-
-def _key(gate: GateSpec) -> tuple[str, str, str]:
-    ename, _, metric = gate.metric.partition(".")
-    return ename, metric, gate.slice
