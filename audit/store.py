@@ -72,7 +72,8 @@ def open_store(root: Path, *, create: bool) -> Store:
     children = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     # another run making this store at the same moment: its marker's temporary file
     children = [c for c in children if not (c.startswith(f".{MARKER}.") and c.endswith(".tmp"))]
-    legacy = "entries" in children and set(children) <= _LAYOUT
+    # a store of an older audit: store folders only, and one only a store makes (not just tmp/)
+    legacy = set(children) <= _LAYOUT and bool(set(children) & {"entries", "locks", "file-hashes"})
     if legacy or (create and not children):
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(

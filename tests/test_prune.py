@@ -269,3 +269,9 @@ def test_run_refuses_a_cache_that_is_not_a_store(tmp_path: Path) -> None:
     assert main(["run", str(suite), "--cache", str(busy), "--out", str(tmp_path / "o")]) == 2
     assert sorted(p.name for p in busy.iterdir()) == ["thesis.tex"]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_directory_with_only_tmp_is_not_taken_for_an_old_store(tmp_path: Path) -> None:
+    (tmp_path / "d" / "tmp" / "keep").mkdir(parents=True)
+    assert main(["cache", "prune", "--cache", str(tmp_path / "d"), "--older-than", "0"]) == 2
+    assert (tmp_path / "d" / "tmp" / "keep").is_dir()
