@@ -70,9 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path.exists() and not path.is_dir():
             _err.print(f"[red]error[/] {flag} {escape(str(path))} is a file, not a directory")
             return EXIT_INVALID
-    vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
+    vetted = vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
     store = open_store(cache, create=True)
-    plan = build_plan(suite, hash_cache=cache / "file-hashes")
+    plan = build_plan(suite, hash_cache=cache / "file-hashes", vetted=vetted)
     with library_output(out_dir / LOG_NAME) as terminal:  # libraries' chatter → run.log
         console = None if terminal is None else Console(file=terminal, highlight=False)
         progress = Progress(quiet=args.quiet, console=console)

@@ -170,13 +170,14 @@ def content_hash(
     return hashes
 
 
-def build_plan(suite: Suite, hash_cache: Path) -> Plan:
+def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None = None) -> Plan:
     """Resolve every model's key (hashing loaded checkpoints) and list the steps.
 
     ``hash_cache`` is a directory of per-checkpoint file-hash caches, so an unchanged
-    multi-gigabyte checkpoint is not re-read on every run.
+    multi-gigabyte checkpoint is not re-read on every run. ``vetted``: what
+    :func:`vet_sources` returned for this suite, when the caller vetted it already.
     """
-    directories = vet_sources(suite)
+    directories = vet_sources(suite) if vetted is None else vetted
     keys: dict[str, str] = {}
     models: list[ModelStep] = []
     for name in suite.topological_models():

@@ -453,7 +453,7 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, results: dict[str, Any]) -> None:
     report = SimpleNamespace(output_dir=None)  # the default output: reports/<name>
     fake = SimpleNamespace(name="fake", file=SimpleNamespace(report=report))
     monkeypatch.setattr(cli, "_load", lambda path: fake)
-    monkeypatch.setattr(audit.plan, "build_plan", lambda suite, hash_cache: None)
+    monkeypatch.setattr(audit.plan, "build_plan", lambda suite, hash_cache, vetted=None: None)
     monkeypatch.setattr(audit.plan, "vet_sources", lambda suite: {})
     monkeypatch.setattr(audit.runner, "Runner", Runner)
     monkeypatch.setattr(audit.outputs, "assemble", lambda *args: (results, []))
