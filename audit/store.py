@@ -102,6 +102,8 @@ def _check_marker(marker: Path) -> None:
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise NotAStoreError(f"{marker}: store marker without a format version")
+    if version < 1:  # no audit ever wrote one: not ours to write into or prune
+        raise NotAStoreError(f"{marker}: unknown store format {version}")
     if version > STORE_VERSION:
         raise NotAStoreError(
             f"{marker}: store format {version}, written by a newer audit (this one reads "
