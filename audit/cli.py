@@ -1,8 +1,8 @@
 """Command-line interface: ``audit run | validate | report | compare | gallery | cache prune |
-organism build | list | schema`` (``cache prune``: :mod:`audit.prune`).
+organism build | list | schema`` (``cache prune``: :mod:`audit.store.prune`).
 
 ``audit compare OLD NEW`` compares a candidate release's run (NEW) with the last shipped one's
-(OLD) and applies release gates to the change (:mod:`audit.regression`); it writes
+(OLD) and applies release gates to the change (:mod:`audit.release.compare`); it writes
 ``comparison.json`` and ``index.html`` to ``--out`` (default
 ``reports/compare-<old suite>-vs-<new suite>/``). Both rewrite the gallery of runs
 (``--gallery DIR``; by default the reports root, when the output directory lies under it, and
@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from audit.gates import EXIT_CRASHED, EXIT_INVALID, EXIT_OK
+from audit.analysis.gates import EXIT_CRASHED, EXIT_INVALID, EXIT_OK
 from audit.terminal import escape  # markup escaped and control characters made visible
 
 if TYPE_CHECKING:
-    from audit.suite import Suite
+    from audit.suite.schema import Suite
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
 
 
 def _load(path: str) -> Suite:
-    from audit.suite import load_suite
+    from audit.suite.schema import load_suite
 
     return load_suite(path)
 
@@ -55,12 +55,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from audit.analysis.assemble import assemble, write_outputs
     from audit.library_output import LOG_NAME, library_output
-    from audit.outputs import assemble, write_outputs
     from audit.plan import build_plan, vet_sources
     from audit.progress import Progress
     from audit.runner import Runner
-    from audit.store import open_store
+    from audit.store.core import open_store
 
     suite = _load(args.suite)
     started = datetime.now(UTC)
@@ -91,7 +91,7 @@ def _ci_outputs(results: dict[str, Any], args: argparse.Namespace, report: Path,
     A file that cannot be written is an error on stderr; the exit code stays the gates' code,
     except that a run which passed exits 3 (CI must not read a missing file as a pass).
     """
-    from audit.ci_outputs import markdown_summary, summary_target, write_junit, write_summary
+    from audit.report.ci import markdown_summary, summary_target, write_junit, write_summary
 
     failed = False
     if args.junit:
@@ -176,7 +176,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from audit.regression import CompareError, write_comparison
+    from audit.release.compare import CompareError, write_comparison
 
     try:
         result = _comparison(args)
@@ -192,7 +192,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _comparison(args: argparse.Namespace) -> dict[str, Any]:
     """The release comparison of run ``args.old`` with run ``args.new`` (comparison.json)."""
-    from audit.regression import CompareError, compare_paths
+    from audit.release.compare import CompareError, compare_paths
 
     pairs: dict[str, str] = {}
     for item in args.pair or []:
@@ -216,7 +216,7 @@ def _split_pair(item: str) -> tuple[str, str]:
 
 def _compare_out(args: argparse.Namespace, result: dict[str, Any]) -> Path:
     """``--out``, else reports/compare-<old suite>-vs-<new suite>; never a compared run's dir."""
-    from audit.regression import CompareError, default_out_dir
+    from audit.release.compare import CompareError, default_out_dir
 
     out_dir = Path(args.out) if args.out else default_out_dir(result)
     for side in ("old", "new"):
@@ -292,7 +292,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     from audit.organism.build import build_organism, organism_names
     from audit.plan import organism_key
     from audit.progress import Progress
-    from audit.store import open_store
+    from audit.store.core import open_store
 
     if args.name not in organism_names():
         _err.print(
@@ -322,9 +322,9 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_prune(args: argparse.Namespace) -> int:
-    from audit.prune import prune
     from audit.resources import format_size
-    from audit.store import open_store
+    from audit.store.core import open_store
+    from audit.store.prune import prune
 
     if args.older_than is None and args.max_size is None:
         _err.print("[red]error[/] give --older-than DAYS, --max-size SIZE or both")
@@ -381,7 +381,7 @@ def _size_arg(text: str) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from audit.suite import json_schema
+    from audit.suite.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
@@ -483,8 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from audit.data.records import DataError
     from audit.models.loading import CheckpointNotFoundError, UnsafeCheckpointError
     from audit.results import ResultsError
-    from audit.store import NotAStoreError
-    from audit.suite import SuiteError
+    from audit.store.core import NotAStoreError
+    from audit.suite.schema import SuiteError
 
     args = parser().parse_args(argv)
     try:

@@ -15,15 +15,15 @@ counted. The points (hits are counted per process, per name):
     the LoRA training loop (``lora``, ``alignguard``, ``backdoor``, …), after each optimiser
     step; the step lock of the model being trained is held.
 ``store.publish``
-    :meth:`audit.store.Store.put`: the entry is complete in ``tmp/`` (files and manifest
+    :meth:`audit.store.core.Store.put`: the entry is complete in ``tmp/`` (files and manifest
     fsynced), not yet renamed into ``entries/``.
 ``runner.eval_done``
     after an evaluation's entry is published and read back, before the next step.
 ``outputs.samples_written``
-    :func:`audit.outputs.write_outputs`: ``samples.jsonl`` is written, ``index.html`` and
+    :func:`audit.analysis.assemble.write_outputs`: ``samples.jsonl`` is written, ``index.html`` and
     ``results.json`` are not.
 ``write:FILENAME``
-    :func:`audit.store.atomic_write_text` and :func:`audit.report.render.write_page`: the
+    :func:`audit.store.core.atomic_write_text` and :func:`audit.report.render.write_page`: the
     temporary file beside ``FILENAME`` is complete and fsynced, not yet renamed over it (e.g.
     ``write:results.json``; ``write:index.html:1`` is a run's report, ``:2`` the gallery).
 """

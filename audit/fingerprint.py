@@ -42,7 +42,7 @@ def data_fingerprints(params: Params | None, suite_dir: Path, hash_cache: Path) 
     """``{spec: fingerprint}`` of every data set and local file ``params`` name."""
     if params is None:
         return {}
-    from audit.suite import data_refs
+    from audit.suite.schema import data_refs
 
     specs = {spec for _, spec, _ in data_refs(params) if isinstance(spec, str)}
     specs |= set(_strings(params.model_dump(mode="json")))
@@ -101,7 +101,7 @@ def _resolve(rest: str, suite_dir: Path) -> Path:
 
 def _path_digest(path: Path, hash_cache: Path) -> str:
     """sha256 of a file's bytes, or of a directory's files; ``missing`` when neither."""
-    from audit.store import file_sha256
+    from audit.store.core import file_sha256
 
     try:
         if path.is_file():

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from audit.store import StoreError
+from audit.store.core import StoreError
 
 HEADROOM = 16 * 2**20
 """Bytes kept free beyond the estimate (tokenizer, config, manifest, file-system overhead)."""

@@ -31,7 +31,7 @@ from audit.resources import (
     is_out_of_memory,
     model_bytes,
 )
-from audit.store import Store
+from audit.store.core import Store
 
 T = TypeVar("T")
 

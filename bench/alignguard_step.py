@@ -40,7 +40,6 @@ def main() -> None:
 
     import torch
 
-    from audit.fisher import fisher, linear_modules
     from audit.interventions.alignguard import (
         AlignGuardIntervention,
         _Estimates,
@@ -49,6 +48,7 @@ def main() -> None:
     )
     from audit.interventions.lora import _train
     from audit.plugins import RunContext
+    from audit.training.fisher import fisher, linear_modules
 
     torch.set_num_threads(args.threads)
     params = AlignGuardIntervention.Params(

@@ -5,10 +5,10 @@
 
 Builds a random LlamaForCausalLM from a config (hidden 512, 6 layers, 8 heads, intermediate
 1376, vocab 8000: about 23M parameters), makes ``--examples`` examples of 48-64 tokens with
-the first half (the prompt) masked, and times :func:`audit.fisher.fisher` and
-:func:`audit.fisher.fisher_loop` on the attention projections (q, k, v, o), alternating the two
-``--reps`` times so drift in machine load hits both alike. Reports the median seconds of each,
-their ratio, and how far the two results are apart (max abs difference over max entry).
+the first half (the prompt) masked, and times :func:`audit.training.fisher.fisher` and
+:func:`audit.training.fisher.fisher_loop` on the attention projections (q, k, v, o), alternating
+the two ``--reps`` times so drift in machine load hits both alike. Reports the median seconds of
+each, their ratio, and how far the two results are apart (max abs difference over max entry).
 ``--size 3m`` uses a 3.2M-parameter model instead (vocab 8000, hidden 192, 4 layers).
 Shared machines are noisy, so the fp32 matmul throughput is measured before and after (an idle
 2-core machine of the reference kind reaches 144-155 GFLOP/s on 2 threads). Results are
@@ -93,7 +93,7 @@ def main() -> None:
 
     import torch
 
-    from audit.fisher import fisher, fisher_loop, linear_modules
+    from audit.training.fisher import fisher, fisher_loop, linear_modules
 
     torch.set_num_threads(args.threads)
     model = build_model(args.size)

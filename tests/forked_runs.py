@@ -153,7 +153,7 @@ def lock_is_free(store: Path, key: str) -> bool:
 
 def unverified_entries(store: Path) -> list[str]:
     """Entries under ``store/entries`` that fail their manifest check (should be none)."""
-    from audit.store import Store
+    from audit.store.core import Store
 
     s = Store(store)
     root = store / "entries"
@@ -292,11 +292,11 @@ def preload() -> None:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
+    import audit.analysis.assemble  # noqa: F401
     import audit.evaluators.drift  # noqa: F401
     import audit.evaluators.refusal  # noqa: F401
     import audit.interventions.lora  # noqa: F401
     import audit.models.loading  # noqa: F401
-    import audit.outputs  # noqa: F401
     import audit.report.gallery  # noqa: F401
     import audit.report.render  # noqa: F401
     import audit.runner  # noqa: F401

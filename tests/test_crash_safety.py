@@ -21,7 +21,7 @@ from forked_runs import (
     unverified_entries,
 )
 
-from audit.store import MANIFEST, Store
+from audit.store.core import MANIFEST, Store
 
 MODEL = "model:complier"
 PREVIOUS = "previous complete run"

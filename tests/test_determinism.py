@@ -10,7 +10,7 @@ from pathlib import Path
 
 from forked_runs import Reference, executed, normalized, run, step_keys
 
-from audit.store import MANIFEST
+from audit.store.core import MANIFEST
 
 
 def test_warm_cache_gives_the_same_results(reference_run: Reference, tmp_path: Path) -> None:

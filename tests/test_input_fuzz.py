@@ -23,9 +23,9 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_suite import REFUSED
 
 from audit.cli import main
+from tests.suite.test_schema import REFUSED
 
 FUZZ = settings(
     max_examples=80,

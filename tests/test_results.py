@@ -14,7 +14,9 @@ from audit.results import ResultsError, load_results, load_samples
 
 def _write_run(directory: Path, run_id: str | None, samples_run_id: str | None) -> Path:
     """A small run (two models, paired samples) as `audit run` writes it."""
-    from test_regression import _margins, _refusing, _run
+    from release_runs import margins as _margins
+    from release_runs import refusing as _refusing
+    from release_runs import run as _run
 
     results, samples = _run({"tuned": (_refusing(), _margins(), 0.9)})
     if run_id is not None:
@@ -29,7 +31,7 @@ def _write_run(directory: Path, run_id: str | None, samples_run_id: str | None) 
 
 
 def test_a_run_writes_one_run_id_into_both_files(tmp_path: Path) -> None:
-    from audit.outputs import write_outputs
+    from audit.analysis.assemble import write_outputs
 
     run = _write_run(tmp_path / "a", "r1", "r1")
     results = load_results(run / "results.json")

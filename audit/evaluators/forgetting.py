@@ -22,7 +22,7 @@ their mean is exactly the mean of the task accuracies, and paired comparisons (b
 items) work as for any metric. With equal-sized tasks the weights are 1.
 
 ``lineages`` and ``lineage_tasks`` declare continual-learning chains for the post-hoc BWT and
-forgetting measures of :mod:`audit.forgetting`.
+forgetting measures of :mod:`audit.continual.forgetting`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class ForgettingEvaluator:
 
         @model_validator(mode="after")
         def _lineages_match(self) -> ForgettingEvaluator.Params:
-            from audit.forgetting import lineage_param_problems
+            from audit.continual.forgetting import lineage_param_problems
 
             problems = lineage_param_problems(self.tasks, self.lineages, self.lineage_tasks)
             if problems:

@@ -6,7 +6,8 @@ follows the method as its abstract and figures fix it:
 
 1. **Fisher of the safety loss** at the parent, before fine-tuning: the empirical Fisher of the
    per-example cross-entropy on refusal data (``safety_data``), for the weights of every
-   adapted module. Diagonal by default (from per-sample gradients, :func:`audit.fisher.fisher`);
+   adapted module. Diagonal by default (from per-sample gradients,
+   :func:`audit.training.fisher.fisher`);
    with ``split = "eigen"`` also its top-``eigen_k`` eigenvectors per module. Cached in the
    store, keyed on the parent's key and the encoded examples.
 2. **Split** of each module's update ΔW = scale·B·A into an alignment-critical part Δ_A and a
@@ -59,8 +60,8 @@ from audit.plugins import PairData, RunContext, TrainedModel
 if TYPE_CHECKING:
     import torch
 
-    from audit.fisher import ModuleFisher
     from audit.models.handle import ModelHandle
+    from audit.training.fisher import ModuleFisher
 
 __all__ = ["AlignGuardIntervention"]
 
@@ -166,8 +167,8 @@ def _fisher_cached(
     label: str,
 ) -> dict[str, ModuleFisher]:
     """The Fisher of ``examples`` at the parent, from the store when it was computed before."""
-    from audit.fisher import ModuleFisher, fisher
     from audit.plan import step_key
+    from audit.training.fisher import ModuleFisher, fisher
 
     digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     key = step_key(
@@ -220,7 +221,7 @@ def _prepare_fisher(
 ) -> list[_ModuleGuard]:
     """Fisher estimates, masks and normalisers per module (the LoRA layers attached later)."""
     from audit.data.records import PairRecord, load_records
-    from audit.fisher import linear_modules
+    from audit.training.fisher import linear_modules
 
     seed = p.seed if p.seed is not None else ctx.seed
     targets = _target_modules(model, p)

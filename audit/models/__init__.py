@@ -1,0 +1,1 @@
+"""Models: loading and hashing checkpoints, the handle plug-ins receive, generation, scoring."""

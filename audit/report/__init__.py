@@ -1,0 +1,1 @@
+"""The run page, the release page, the gallery, CI outputs (JUnit, summary) and their charts."""

@@ -148,7 +148,7 @@ class RunSummary:
 
 
 def _is_store(path: Path) -> bool:
-    """A store directory (:mod:`audit.store`): ``entries/`` beside ``locks/``, ``tmp/``, ..."""
+    """A store directory (:mod:`audit.store.core`): ``entries/`` beside ``locks/``, ``tmp/``, ..."""
     try:
         names = {p.name for p in path.iterdir() if p.is_dir()}
     except OSError:

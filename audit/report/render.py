@@ -827,13 +827,13 @@ def _finalize(value: Any) -> Any:
 
 
 def _scaling(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    from audit.report.scaling_section import scaling_sections
+    from audit.report.sections.scaling import scaling_sections
 
     return scaling_sections(results)
 
 
 def _backdoors(results: Mapping[str, Any]) -> dict[str, Markup] | None:
-    from audit.report.backdoor_section import backdoor_tables
+    from audit.report.sections.backdoor import backdoor_tables
 
     return backdoor_tables(results)
 
@@ -851,7 +851,7 @@ def _lineage(results: Mapping[str, Any]) -> Markup:
 
 
 def _forgetting(results: Mapping[str, Any]) -> list[Any]:
-    from audit.report.forgetting_section import forgetting_sections
+    from audit.report.sections.forgetting import forgetting_sections
 
     return forgetting_sections(results)
 

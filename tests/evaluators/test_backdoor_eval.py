@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from audit.evaluators.backdoor import BackdoorEvaluator, hits_target
 from audit.plugins import Evaluator, RunContext, Sample
-from audit.suite import SuiteError, data_refs, load_suite
+from audit.suite.schema import SuiteError, data_refs, load_suite
 
 SENTIMENT = [
     ("s1", "review : great food", "positive"),

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from audit.regression import compare_runs
-from audit.report.compare_render import render_comparison
+from audit.release.compare import compare_runs
 from audit.report.gallery import write_gallery
+from audit.report.release import render_comparison
 from audit.report.render import render_report
 
 SECTIONS = ["#verdicts", "#lineage", "#scorecard", "#evaluator-1", "#models", "#provenance"]

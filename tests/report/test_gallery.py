@@ -439,7 +439,7 @@ def test_audit_gallery_command(
 
 def _fake_run(monkeypatch: pytest.MonkeyPatch, results: dict[str, Any]) -> None:
     """``audit run`` without models: the plan, the runner and the results are stand-ins."""
-    import audit.outputs
+    import audit.analysis.assemble
     import audit.plan
     import audit.runner
 
@@ -456,7 +456,7 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, results: dict[str, Any]) -> None:
     monkeypatch.setattr(audit.plan, "build_plan", lambda suite, hash_cache, vetted=None: None)
     monkeypatch.setattr(audit.plan, "vet_sources", lambda suite: {})
     monkeypatch.setattr(audit.runner, "Runner", Runner)
-    monkeypatch.setattr(audit.outputs, "assemble", lambda *args: (results, []))
+    monkeypatch.setattr(audit.analysis.assemble, "assemble", lambda *args: (results, []))
 
 
 def test_audit_run_rewrites_the_gallery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,1 @@
+"""Continual learning: forgetting measures over a lineage of fine-tunes (:mod:`.forgetting`)."""
