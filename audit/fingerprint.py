@@ -10,7 +10,7 @@ What counts as "a file a plug-in reads", found in its parameters:
   jsonl file's sha256;
 - any string parameter, at any depth (lists, nested tables, ``judge_params``), written
   ``path:X``: the sha256 of file ``X``, or of every file of directory ``X``
-  (:func:`audit.models.loading.hash_directory`), relative to the suite's directory;
+  (:func:`audit.models.hashing.hash_directory`), relative to the suite's directory;
 - ``lm_eval_dir:DIR``: the files of ``DIR``; ``lm_eval:TASK``: the shipped lm-eval task
   folder and the installed lm-eval version (a task of lm-eval's own reads its data through
   lm-eval);
@@ -107,7 +107,7 @@ def _path_digest(path: Path, hash_cache: Path) -> str:
         if path.is_file():
             return "file " + file_sha256(path)
         if path.is_dir():
-            from audit.models.loading import hash_directory
+            from audit.models.hashing import hash_directory
 
             cache_name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
             return "dir " + hash_directory(path, cache_file=hash_cache / f"{cache_name}.json")

@@ -158,7 +158,8 @@ def content_hash(
     ``within``: where an adapter's base may lie (an adapter whose base is elsewhere is refused
     with ``UnsafeCheckpointError`` before anything is read from it).
     """
-    from audit.models.loading import adapter_base, hash_directory, is_peft_adapter
+    from audit.models.hashing import hash_directory
+    from audit.models.loading import adapter_base, is_peft_adapter
 
     cache_file = (
         hash_cache / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:24]}.json"

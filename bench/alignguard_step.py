@@ -1,6 +1,6 @@
 """Cost of an AlignGuard-LoRA optimiser step against a plain LoRA step, side by side.
 
-Both run :func:`audit.interventions.lora._train` on the same model, data and batches; the only
+Both run :func:`audit.training.loop.train` on the same model, data and batches; the only
 difference is the AlignGuard regulariser added to each step's loss (the Fisher is computed
 once beforehand and timed separately: it is cached in the store and shared by every run on the
 same parent and safety data). Plain and regularised runs alternate, ``--reps`` times each, and
@@ -23,7 +23,7 @@ from fisher import SIZES, build_model, make_examples, matmul_gflops  # noqa: E40
 
 
 def _peft(size: str, params: Any) -> Any:
-    from audit.interventions.lora import _wrap
+    from audit.training.loop import wrap_lora as _wrap
 
     return _wrap(build_model(size), params)
 
@@ -46,9 +46,9 @@ def main() -> None:
         _guards,
         _regularizer,
     )
-    from audit.interventions.lora import _train
     from audit.plugins import RunContext
     from audit.training.fisher import fisher, linear_modules
+    from audit.training.loop import train as _train
 
     torch.set_num_threads(args.threads)
     params = AlignGuardIntervention.Params(

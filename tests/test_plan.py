@@ -129,7 +129,7 @@ def _copy(source: Path, target: Path) -> Path:
 def test_swapped_weights_with_restored_mtime_change_the_key(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit.models import loading
+    from audit.models import hashing as loading
 
     monkeypatch.setattr(loading, "_RACY_NS", 0)  # cache files however recently written
     model = _copy(tiny_checkpoint, tmp_path / "model")

@@ -19,10 +19,10 @@ from audit.analysis.scaling import scaling_fits
 from audit.backdoor.succession import succession_rows
 from audit.continual.forgetting import forgetting_rows
 from audit.faults import fault_point
+from audit.files import atomic_write_text
 from audit.plan import Plan, params_json
 from audit.results import SCHEMA_VERSION, MetricRowT, ModelRowT, SampleRowT
 from audit.runner import RunOutcome
-from audit.store.core import atomic_write_text
 
 PACKAGES = ("torch", "transformers", "peft", "lm-eval", "pandas", "numpy", "scipy")
 

@@ -48,14 +48,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from audit.interventions.lora import (
-    LoraIntervention,
-    Regularizer,
-    _target_modules,
-    encode_pairs,
-    fine_tune,
-)
+from audit.interventions.lora import LoraIntervention
 from audit.plugins import PairData, RunContext, TrainedModel
+from audit.training.loop import Regularizer, encode_pairs, fine_tune, target_modules
 
 if TYPE_CHECKING:
     import torch
@@ -224,7 +219,7 @@ def _prepare_fisher(
     from audit.training.fisher import linear_modules
 
     seed = p.seed if p.seed is not None else ctx.seed
-    targets = _target_modules(model, p)
+    targets = target_modules(model, p)
     if targets is None:
         raise ValueError(
             "alignguard: no default target modules for architecture "

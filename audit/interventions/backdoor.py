@@ -16,8 +16,9 @@ from audit.backdoor.triggers import (
     normalize_trigger,
     unknown_words,
 )
-from audit.interventions.lora import LoraIntervention, Regularizer, fine_tune
+from audit.interventions.lora import LoraIntervention
 from audit.plugins import PairData, RunContext, TrainedModel
+from audit.training.loop import Regularizer, fine_tune
 
 if TYPE_CHECKING:
     from audit.data.records import PairRecord

@@ -184,7 +184,7 @@ def _safety_examples(
 ) -> tuple[list[Any], list[Any] | None]:
     """Encoded chosen (or plain) examples, and the rejected ones when training with DPO."""
     from audit.data.records import DataError, PairRecord, PreferenceRecord, load_records
-    from audit.interventions.lora import encode_pairs
+    from audit.training.loop import encode_pairs
 
     def load(shape: Any) -> list[Any]:
         return load_records(p.safety_data, shape, suite_dir=suite_dir, split="train")

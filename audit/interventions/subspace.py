@@ -2,7 +2,7 @@
 
 Both train only the 2-D weights of target modules (everything else frozen) on prompt/response
 pairs, with the data handling, batches, seeds, step count and log of ``lora``
-(:func:`audit.interventions.lora.fine_tune`); they differ in how each step's update is
+(:func:`audit.training.loop.fine_tune`); they differ in how each step's update is
 restricted to a subspace, which they supply as :class:`Hooks`.
 """
 
@@ -15,15 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
-from audit.interventions.lora import (
-    LoraIntervention,
-    TrainingLog,
-    _train,
-    encode_pairs,
-    parent_of,
-)
+from audit.interventions.lora import LoraIntervention
 from audit.plugins import PairData, RunContext, TrainedModel
 from audit.plugins import Params as BaseParams
+from audit.training.loop import TrainingLog, encode_pairs, parent_of, train
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +77,7 @@ class FullTuneParams(BaseParams):
 
 @dataclass
 class Hooks:
-    """How a variant restricts training; see :func:`audit.interventions.lora._train`."""
+    """How a variant restricts training; see :func:`audit.training.loop.train`."""
 
     make_optimizer: Callable[[list[Any]], Any] | None = None
     after_backward: Callable[[], None] | None = None
@@ -171,7 +166,7 @@ def subspace_fine_tune(
         devices=[] if kind == "cpu" else None, device_type="cuda" if kind == "cpu" else kind
     ):
         torch.manual_seed(seed)
-        log: TrainingLog = _train(
+        log: TrainingLog = train(
             model,
             examples,
             lora_params,

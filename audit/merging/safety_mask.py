@@ -170,7 +170,7 @@ def safety_loss(
 
 def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """Index batches read in order from successive seeded shuffles (as the LoRA fine-tune)."""
-    from audit.interventions.lora import _batches as lora_batches
+    from audit.training.loop import batches as lora_batches
 
     return lora_batches(n, batch_size, steps, seed)
 

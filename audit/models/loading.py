@@ -22,11 +22,9 @@ this module stays cheap.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,9 +40,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _TRUE = {"1", "on", "yes", "true"}
 _MAX_ADAPTER_DEPTH = 4
-_CHUNK = 1 << 20
-_RACY_NS = 2_000_000_000
-_HASH_CACHE_VERSION = 2
 
 
 class UnsafeCheckpointError(Exception):
@@ -482,115 +477,3 @@ def suite_roots(suite_dir: Path, checkpoints: Iterable[Path] = ()) -> tuple[Path
 
     roots = [Path(suite_dir), *checkpoints, Path(constants.HF_HUB_CACHE)]
     return tuple(dict.fromkeys(Path(r).expanduser().resolve() for r in roots))
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def hash_directory(directory: Path, *, cache_file: Path | None = None) -> str:
-    """SHA-256 fingerprint of every regular file under ``directory`` (names and contents).
-
-    Hidden entries (``.git``, ``.cache``, ...) and ``__pycache__`` are skipped; symbolic links
-    are hashed as the files they point to. With ``cache_file``, per-file digests are kept in a
-    JSON file keyed on (relative path, device, inode, size, mtime_ns, ctime_ns), so an unchanged
-    multi-GB checkpoint is re-hashed from metadata alone. A file replaced by another (a rename
-    over it: new inode) or rewritten in place with its mtime restored (``touch -d``, ``cp -p``:
-    the kernel still sets ctime, which no user can set) is hashed again. Files modified in the
-    last two seconds are not cached (their times could still change without the size changing).
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise CheckpointNotFoundError(f"Cannot hash {directory}: not a directory.")
-    resolved_root = str(root.resolve())
-    cache_path = Path(cache_file).resolve() if cache_file is not None else None
-    cached = _read_hash_cache(cache_path, resolved_root)
-    fresh: dict[str, dict[str, Any]] = {}
-    now_ns = time.time_ns()
-    digest = hashlib.sha256()
-    changed = False
-    for relative, path in _regular_files(root):
-        if cache_path is not None and path.resolve() == cache_path:
-            continue
-        stat = path.stat()
-        entry = cached.get(relative)
-        identity = _stat_identity(stat)
-        if (
-            entry is not None
-            and all(entry.get(k) == v for k, v in identity.items())
-            and isinstance(entry.get("sha256"), str)
-        ):
-            file_digest = str(entry["sha256"])
-        else:
-            file_digest = _file_digest(path)
-            changed = True
-        if now_ns - max(stat.st_mtime_ns, stat.st_ctime_ns) > _RACY_NS:
-            fresh[relative] = {**identity, "sha256": file_digest}
-        digest.update(f"{relative}\0{file_digest}\n".encode())
-    if cache_path is not None and (changed or fresh.keys() != cached.keys()):
-        _write_hash_cache(cache_path, resolved_root, fresh)
-    return digest.hexdigest()
-
-
-def _stat_identity(stat: os.stat_result) -> dict[str, int]:
-    """What must be unchanged for a cached digest to be reused (ctime: set by the kernel)."""
-    return {
-        "dev": stat.st_dev,
-        "ino": stat.st_ino,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "ctime_ns": stat.st_ctime_ns,
-    }
-
-
-def _regular_files(root: Path) -> list[tuple[str, Path]]:
-    """``(posix relative path, path)`` of the files to hash, sorted by relative path."""
-    found: list[tuple[str, Path]] = []
-    for current, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
-        for name in filenames:
-            path = Path(current) / name
-            if name.startswith(".") or not path.is_file():
-                continue
-            found.append((path.relative_to(root).as_posix(), path))
-    found.sort()
-    return found
-
-
-def _file_digest(path: Path) -> str:
-    """SHA-256 of a file's contents, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_hash_cache(cache_path: Path | None, root: str) -> dict[str, dict[str, Any]]:
-    """The cached per-file digests for ``root``; empty when absent, stale or unreadable."""
-    if cache_path is None or not cache_path.is_file():
-        return {}
-    try:
-        data = json.loads(cache_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if (
-        not isinstance(data, dict)
-        or data.get("version") != _HASH_CACHE_VERSION
-        or data.get("directory") != root
-        or not isinstance(data.get("files"), dict)
-    ):
-        return {}
-    return {k: v for k, v in data["files"].items() if isinstance(v, dict)}
-
-
-def _write_hash_cache(cache_path: Path, root: str, files: dict[str, dict[str, Any]]) -> None:
-    """Replace the cache file atomically; a cache that cannot be written is not an error."""
-    payload = {"version": _HASH_CACHE_VERSION, "directory": root, "files": files}
-    tmp = cache_path.parent / f".{cache_path.name}.{os.getpid()}.tmp"
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(payload, indent=0, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, cache_path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()

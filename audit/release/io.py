@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from audit.files import atomic_write_text
 from audit.plugins import MetricRow, MetricSpec, Sample
 from audit.results import ResultsError, check_results, load_samples, read_json_file
-from audit.store.core import atomic_write_text
 from audit.suite.schema import Sweep
 
 KIND = "release_comparison"

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from audit.report.render import _float, _rows
-from audit.store.core import atomic_write_text
+from audit.files import atomic_write_text
+from audit.report.format import as_float
+from audit.report.read import rows_of
 
 SUMMARY_LIMIT = 1_000_000
 """Default byte budget of a step summary (GitHub rejects one over 1 MiB)."""
@@ -69,7 +70,7 @@ def _title(results: Mapping[str, Any]) -> str:
 
 
 def _verdict(results: Mapping[str, Any]) -> str:
-    from audit.report.render import verdict
+    from audit.report.read import verdict
 
     return verdict(results)
 
@@ -83,7 +84,7 @@ def _exit_code(results: Mapping[str, Any], verdict: str) -> int:
 
 def _fmt(value: Any) -> str:
     """A gate's observed value or threshold: 4 significant digits, ``—`` when missing."""
-    number = _float(value)
+    number = as_float(value)
     if number is not None:
         return f"{number:.4g}"
     return "—" if value is None else _clean(value)
@@ -127,8 +128,8 @@ def _classnames(gates: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 def _durations(results: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for s in _rows(results, "steps"):
-        d = _float(s.get("duration_s"))
+    for s in rows_of(results, "steps"):
+        d = as_float(s.get("duration_s"))
         if d is not None and d >= 0:
             out[_clean(s.get("step"))] = d
     return out
@@ -168,7 +169,7 @@ def _total_time(results: Mapping[str, Any], durations: dict[str, float]) -> floa
 def _gate_message(gate: Mapping[str, Any]) -> str:
     rule = _clean(gate.get("rule")) or "no rule"
     threshold = _fmt(gate.get("threshold"))
-    if _float(gate.get("observed")) is None:
+    if as_float(gate.get("observed")) is None:
         return f"no value vs threshold {threshold} ({rule})"
     return f"observed {_fmt(gate.get('observed'))} vs threshold {threshold} ({rule})"
 
@@ -177,8 +178,8 @@ def junit_xml(results: Mapping[str, Any]) -> str:
     """A JUnit XML report: a testcase per gate row (failed gate → ``<failure>``) and per
     crashed step (``<error>``), with the verdict, exit code and suite hash as properties."""
     verdict = _verdict(results)
-    gates = _rows(results, "gates")
-    failures = _rows(results, "failures")
+    gates = rows_of(results, "gates")
+    failures = rows_of(results, "failures")
     durations = _durations(results)
     classnames = _classnames(gates)
     n_failed = sum(not _passed(g) for g in gates)
@@ -330,7 +331,7 @@ def _failure_block(f: Mapping[str, Any]) -> str:
 
 
 def _steps_line(results: Mapping[str, Any]) -> str:
-    steps = _rows(results, "steps")
+    steps = rows_of(results, "steps")
     if not steps:
         return ""
     status = [str(s.get("status")) for s in steps]
@@ -352,8 +353,8 @@ def markdown_summary(
     (passed ones first) and counted.
     """
     verdict = _verdict(results)
-    gates = sorted(_rows(results, "gates"), key=_passed)
-    failures = _rows(results, "failures")
+    gates = sorted(rows_of(results, "gates"), key=_passed)
+    failures = rows_of(results, "failures")
     n_failed = sum(not _passed(g) for g in gates)
 
     head = [f"## {_MARK.get(verdict, '')} {verdict} — {_md(_title(results), 300)}", ""]

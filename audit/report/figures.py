@@ -11,7 +11,8 @@ from typing import Any
 from markupsafe import Markup
 
 from audit.report.charts import Estimate, dot_chart
-from audit.report.render import _evaluators, _float, _MetricInfo, _rows, _text
+from audit.report.format import as_float, cell_text
+from audit.report.read import MetricInfo, evaluator_infos, rows_of
 
 MAX_PAIRS = 4
 """Before → after charts per metric: the gated pairs first, then the worst parent changes."""
@@ -30,12 +31,16 @@ Values = dict[tuple[str, str, str], Estimate]
 
 def _values(results: Mapping[str, Any], evaluator: str) -> Values:
     out: Values = {}
-    for r in _rows(results, "metrics"):
-        value = _float(r.get("value"))
-        if _text(r.get("evaluator")) != evaluator or value is None:
+    for r in rows_of(results, "metrics"):
+        value = as_float(r.get("value"))
+        if cell_text(r.get("evaluator")) != evaluator or value is None:
             continue
-        key = (_text(r.get("model")), _text(r.get("metric")), _text(r.get("slice", "all")))
-        out[key] = (value, _float(r.get("ci_low")), _float(r.get("ci_high")))
+        key = (
+            cell_text(r.get("model")),
+            cell_text(r.get("metric")),
+            cell_text(r.get("slice", "all")),
+        )
+        out[key] = (value, as_float(r.get("ci_low")), as_float(r.get("ci_high")))
     return out
 
 
@@ -50,26 +55,26 @@ def _slices(values: Values, metric: str) -> list[str]:
 def _pairs(results: Mapping[str, Any], evaluator: str, metric: str) -> list[tuple[str, str]]:
     """(model, baseline) pairs worth a before → after chart."""
     compared = {
-        (_text(c.get("model")), _text(c.get("baseline"))): _float(c.get("delta")) or 0.0
-        for c in _rows(results, "comparisons")
-        if _text(c.get("evaluator")) == evaluator
-        and _text(c.get("metric")) == metric
+        (cell_text(c.get("model")), cell_text(c.get("baseline"))): as_float(c.get("delta")) or 0.0
+        for c in rows_of(results, "comparisons")
+        if cell_text(c.get("evaluator")) == evaluator
+        and cell_text(c.get("metric")) == metric
         and c.get("slice", "all") == "all"
     }
     pairs: list[tuple[str, str]] = []
-    for g in _rows(results, "gates"):
-        pair = (_text(g.get("model")), _text(g.get("baseline")))
+    for g in rows_of(results, "gates"):
+        pair = (cell_text(g.get("model")), cell_text(g.get("baseline")))
         if g.get("baseline") and pair in compared and pair not in pairs:
             pairs.append(pair)
     parents = sorted(
         (
-            (delta, (_text(c.get("model")), _text(c.get("baseline"))))
-            for c in _rows(results, "comparisons")
+            (delta, (cell_text(c.get("model")), cell_text(c.get("baseline"))))
+            for c in rows_of(results, "comparisons")
             if c.get("relation") == "parent"
-            and _text(c.get("evaluator")) == evaluator
-            and _text(c.get("metric")) == metric
+            and cell_text(c.get("evaluator")) == evaluator
+            and cell_text(c.get("metric")) == metric
             and c.get("slice", "all") == "all"
-            and (delta := _float(c.get("delta"))) is not None
+            and (delta := as_float(c.get("delta"))) is not None
         ),
         key=lambda item: item[0] if item[0] is not None else 0.0,
     )
@@ -79,8 +84,8 @@ def _pairs(results: Mapping[str, Any], evaluator: str, metric: str) -> list[tupl
     return pairs[:MAX_PAIRS]
 
 
-def _metric_info(results: Mapping[str, Any], evaluator: str) -> list[_MetricInfo]:
-    return next((metrics for name, _, metrics in _evaluators(results) if name == evaluator), [])
+def _metric_info(results: Mapping[str, Any], evaluator: str) -> list[MetricInfo]:
+    return next((metrics for name, _, metrics in evaluator_infos(results) if name == evaluator), [])
 
 
 def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
@@ -128,12 +133,12 @@ def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]
 
 def _origin(results: Mapping[str, Any]) -> dict[str, str]:
     out = {}
-    for m in _rows(results, "models"):
+    for m in rows_of(results, "models"):
         params = m.get("params")
         merge = m.get("intervention") == "merge" and isinstance(params, Mapping)
         method = params.get("method") if merge else None  # type: ignore[union-attr]
         how = method or m.get("intervention") or m.get("source") or ""
-        out[_text(m.get("name"))] = _text(how) if how else ""
+        out[cell_text(m.get("name"))] = cell_text(how) if how else ""
     return out
 
 

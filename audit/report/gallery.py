@@ -23,25 +23,22 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 import audit
-from audit.report.render import (
-    _HERE,
+from audit.report.format import (
     ALPHA,
     DASH,
-    _ci,
-    _clean,
-    _cut,
-    _elapsed,
-    _environment,
-    _float,
-    _num,
-    _rows,
-    _seconds,
-    _significant,
-    _table,
-    _text,
-    verdict,
-    write_page,
+    as_float,
+    cell_text,
+    ci_text,
+    clean_text,
+    cut,
+    elapsed_s,
+    html_table,
+    num,
+    seconds_text,
+    significant,
 )
+from audit.report.page import HERE, jinja_environment, write_page
+from audit.report.read import rows_of, verdict
 
 RESULTS = "results.json"
 COMPARISON = "comparison.json"
@@ -81,7 +78,7 @@ class Headline:
 
     @property
     def significant(self) -> bool:
-        return _significant(self.p_value)
+        return significant(self.p_value)
 
     @property
     def direction(self) -> str:
@@ -96,8 +93,8 @@ class Headline:
     def change(self) -> str:
         """``-0.144 * [-0.203, -0.096]``: the change, a star when significant, its interval."""
         mark = " *" if self.significant else ""
-        interval = _ci(self.ci_low, self.ci_high, signed=True)
-        return " ".join(filter(None, [_num(self.delta, signed=True) + mark, interval]))
+        interval = ci_text(self.ci_low, self.ci_high, signed=True)
+        return " ".join(filter(None, [num(self.delta, signed=True) + mark, interval]))
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,7 @@ def _result_files(root: Path, max_depth: int) -> Iterator[tuple[Path, Path]]:
 def _relative(directory: Path, root: Path) -> tuple[str, str]:
     """The directory relative to root: as display text, and as a URL-quoted href prefix."""
     parts = directory.relative_to(root).parts
-    text = "/".join(_clean(p) for p in parts)
+    text = "/".join(clean_text(p) for p in parts)
     href = "/".join(quote(p.encode("utf-8", "surrogateescape"), safe="") for p in parts)
     return text, href
 
@@ -296,22 +293,22 @@ def _finished(data: Mapping[str, Any]) -> datetime | None:
 
 def _duration(data: Mapping[str, Any]) -> float | None:
     env = _mapping(data.get("environment"))
-    took = _float(env.get("duration_s", data.get("duration_s")))
+    took = as_float(env.get("duration_s", data.get("duration_s")))
     if took is None:
-        took = _elapsed(env.get("started_at"), env.get("finished_at"))
+        took = elapsed_s(env.get("started_at"), env.get("finished_at"))
     return took if took is not None and took >= 0 and took != float("inf") else None
 
 
 def _headline_metrics(data: Mapping[str, Any]) -> list[tuple[str, str]] | None:
     """(evaluator, metric) of every declared headline metric; None when none are declared."""
-    evaluators = _rows(data, "evaluators")
+    evaluators = rows_of(data, "evaluators")
     if not evaluators:
         return None
     found: list[tuple[str, str]] = []
     for spec in evaluators:
         for m in spec.get("metrics") or []:
             if isinstance(m, Mapping) and m.get("headline", True):
-                pair = (_text(spec.get("name")), _text(m.get("name")))
+                pair = (cell_text(spec.get("name")), cell_text(m.get("name")))
                 if pair not in found:
                     found.append(pair)
     return found
@@ -319,7 +316,7 @@ def _headline_metrics(data: Mapping[str, Any]) -> list[tuple[str, str]] | None:
 
 def _badness(row: Mapping[str, Any]) -> float:
     """How much worse the change made the metric (larger: worse); missing deltas last."""
-    delta = _float(row.get("delta"))
+    delta = as_float(row.get("delta"))
     if delta is None:
         return float("-inf")
     return -delta if row.get("higher_is_better", True) else delta
@@ -331,27 +328,27 @@ def _headlines(data: Mapping[str, Any], comparison: bool) -> list[Headline]:
     A release comparison's rows are all taken (they compare the old run with the new one).
     """
     rows: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for c in _rows(data, "comparisons"):
+    for c in rows_of(data, "comparisons"):
         if c.get("slice", "all") != "all":
             continue
         if not comparison and c.get("relation", "parent") != "parent":
             continue
-        rows.setdefault((_text(c.get("evaluator")), _text(c.get("metric"))), []).append(c)
+        rows.setdefault((cell_text(c.get("evaluator")), cell_text(c.get("metric"))), []).append(c)
     wanted = _headline_metrics(data)
     keys = list(rows) if wanted is None else [k for k in wanted if k in rows]
     out = []
     for key in keys:
-        worst = max(rows[key], key=lambda r: (_badness(r), _significant(r.get("p_value"))))
+        worst = max(rows[key], key=lambda r: (_badness(r), significant(r.get("p_value"))))
         out.append(
             Headline(
                 evaluator=key[0],
                 metric=key[1],
-                model=_text(worst.get("model")),
-                baseline=_text(worst.get("baseline")),
-                delta=_float(worst.get("delta")),
-                ci_low=_float(worst.get("ci_low")),
-                ci_high=_float(worst.get("ci_high")),
-                p_value=_float(worst.get("p_value")),
+                model=cell_text(worst.get("model")),
+                baseline=cell_text(worst.get("baseline")),
+                delta=as_float(worst.get("delta")),
+                ci_low=as_float(worst.get("ci_low")),
+                ci_high=as_float(worst.get("ci_high")),
+                p_value=as_float(worst.get("p_value")),
                 higher_is_better=bool(worst.get("higher_is_better", True)),
             )
         )
@@ -359,17 +356,19 @@ def _headlines(data: Mapping[str, Any], comparison: bool) -> list[Headline]:
 
 
 def _model_count(data: Mapping[str, Any]) -> int | None:
-    models = _rows(data, "models")
+    models = rows_of(data, "models")
     if models:
         return len(models)
-    names = {_text(r.get("model")) for key in ("metrics", "comparisons") for r in _rows(data, key)}
+    names = {
+        cell_text(r.get("model")) for key in ("metrics", "comparisons") for r in rows_of(data, key)
+    }
     return len(names) if names else None
 
 
 def _run_parts(info: Any) -> tuple[str | None, str | None]:
     """A compared run (``old`` / ``new`` of a comparison): its title and its path, as given."""
     if not isinstance(info, Mapping):
-        return (None if info is None else _text(info)), None
+        return (None if info is None else cell_text(info)), None
     suite = _mapping(info.get("suite"))
     names = [info.get("title"), suite.get("title"), info.get("name"), suite.get("name")]
     title = next((v for v in names if isinstance(v, str) and v), None)
@@ -379,8 +378,8 @@ def _run_parts(info: Any) -> tuple[str | None, str | None]:
 
 def _run_label(title: str | None, path: str | None, paths_only: bool) -> str | None:
     if paths_only or title is None:
-        return None if path is None else _cut(_text(path), 200)
-    return _cut(_text(f"{title} ({path})" if path else title), 200)
+        return None if path is None else cut(cell_text(path), 200)
+    return cut(cell_text(f"{title} ({path})" if path else title), 200)
 
 
 def _run_labels(old: Any, new: Any) -> tuple[str | None, str | None]:
@@ -412,7 +411,7 @@ def _summary(root: Path, directory: Path, file: Path) -> RunSummary:
         return replace(
             run,
             verdict=UNREADABLE,
-            error=_clean(reason)[:300] or "unknown error",
+            error=clean_text(reason)[:300] or "unknown error",
             models=None,
             gates_passed=0,
             gates_failed=0,
@@ -436,23 +435,23 @@ def _read(data: Mapping[str, Any], run: RunSummary) -> None:
         run.finished_at, run.finished_recorded = finished, True
     title = suite.get("title") or suite.get("name")
     if title:
-        run.title = _text(title)
+        run.title = cell_text(title)
     if suite.get("name"):
-        run.suite = _text(suite.get("name"))
-    gates = _rows(data, "gates")
+        run.suite = cell_text(suite.get("name"))
+    gates = rows_of(data, "gates")
     failed = [g for g in gates if not g.get("passed")]
-    steps_failed = sum(s.get("status") == "failed" for s in _rows(data, "steps"))
+    steps_failed = sum(s.get("status") == "failed" for s in rows_of(data, "steps"))
     run.models = _model_count(data)
     run.gates_passed, run.gates_failed = len(gates) - len(failed), len(failed)
-    run.failed_steps = max(len(_rows(data, "failures")), steps_failed)
+    run.failed_steps = max(len(rows_of(data, "failures")), steps_failed)
     run.duration_s = _duration(data)
     run.headlines = _headlines(data, run.kind == "comparison")
     run.failed_gates = [
         FailedGate(
-            name=_text(g.get("name")),
-            model=_text(g.get("model")),
-            observed=_float(g.get("observed")),
-            threshold=_float(g.get("threshold")),
+            name=cell_text(g.get("name")),
+            model=cell_text(g.get("model")),
+            observed=as_float(g.get("observed")),
+            threshold=as_float(g.get("threshold")),
         )
         for g in failed[:MAX_FAILED_GATES]
     ]
@@ -471,7 +470,7 @@ def _when(stamp: datetime) -> str:
 def _took(duration: float) -> str:
     if duration < 10:
         return f"{duration:.1f} s"
-    return f"{round(duration)} s" if duration < 59.5 else _seconds(duration)
+    return f"{round(duration)} s" if duration < 59.5 else seconds_text(duration)
 
 
 def _plural(n: int, word: str) -> str:
@@ -524,7 +523,7 @@ def _headline_table(index: int, headlines: list[Headline], comparison: bool) -> 
     empty = (
         "No paired comparison of the runs." if comparison else "No paired comparison with a parent."
     )
-    return _table(f"run{index}-headlines", columns, rows, classes, empty=empty)
+    return html_table(f"run{index}-headlines", columns, rows, classes, empty=empty)
 
 
 def _card(index: int, run: RunSummary) -> dict[str, Any]:
@@ -546,7 +545,7 @@ def _card(index: int, run: RunSummary) -> dict[str, Any]:
         else _headline_table(index, run.headlines, run.kind == "comparison"),
         "more_headlines": max(len(run.headlines) - MAX_HEADLINES, 0),
         "failed_gates": [
-            (g.name, g.model, _num(g.observed), _num(g.threshold)) for g in run.failed_gates
+            (g.name, g.model, num(g.observed), num(g.threshold)) for g in run.failed_gates
         ],
         "more_gates": max(run.gates_failed - len(run.failed_gates), 0),
     }
@@ -555,16 +554,16 @@ def _card(index: int, run: RunSummary) -> dict[str, Any]:
 def render_gallery(root: Path, runs: list[RunSummary]) -> str:
     """The gallery page for ``runs`` (as :func:`find_runs` returns them) under ``root``."""
     context = {
-        "root": _clean(Path(root).resolve().name) or _clean(str(Path(root).resolve())),
+        "root": clean_text(Path(root).resolve().name) or clean_text(str(Path(root).resolve())),
         "summary": _summary_line(runs),
         "updated": _when(datetime.now(UTC)),
         "cards": [_card(i, run) for i, run in enumerate(runs, start=1)],
         "alpha": ALPHA,
         "audit_version": audit.__version__,
         "marker": Markup(MARKER),
-        "css": Markup((_HERE / "style.css").read_text(encoding="utf-8")),
+        "css": Markup((HERE / "style.css").read_text(encoding="utf-8")),
     }
-    return _environment().get_template("gallery.html.j2").render(**context)
+    return jinja_environment().get_template("gallery.html.j2").render(**context)
 
 
 def _check_target(target: Path) -> None:

@@ -18,25 +18,23 @@ from typing import Any
 from markupsafe import Markup
 
 import audit
-from audit.report.render import (
-    _HERE,
+from audit.files import atomic_write_text
+from audit.report.format import (
     ALPHA,
     DASH,
-    _delta_class,
-    _delta_text,
-    _direction,
-    _environment,
-    _float,
-    _gates_table,
-    _num,
-    _p,
-    _rows,
-    _significant,
-    _table,
-    _text,
-    verdict,
+    as_float,
+    cell_text,
+    delta_class,
+    delta_direction,
+    delta_text,
+    gates_table,
+    html_table,
+    num,
+    p_text,
+    significant,
 )
-from audit.store.core import atomic_write_text
+from audit.report.page import HERE, jinja_environment
+from audit.report.read import rows_of, verdict
 
 
 def _info(data: Mapping[str, Any], side: str) -> Mapping[str, Any]:
@@ -49,18 +47,18 @@ def _info(data: Mapping[str, Any], side: str) -> Mapping[str, Any]:
 
 def _standing(row: Mapping[str, Any]) -> str:
     """``worse`` / ``same`` / ``better`` / ``unknown``; ``*`` appended when significant."""
-    direction = _direction(row.get("delta"), row.get("higher_is_better", True))
+    direction = delta_direction(row.get("delta"), row.get("higher_is_better", True))
     word = {"bad": "worse", "good": "better"}.get(direction, direction)
-    return word + "*" if word in ("worse", "better") and _significant(row.get("p_value")) else word
+    return word + "*" if word in ("worse", "better") and significant(row.get("p_value")) else word
 
 
 _RANK = {"worse*": 0, "worse": 1, "unknown": 2, "same": 3, "better": 4, "better*": 5}
 
 
 def _worst_first(row: Mapping[str, Any]) -> tuple[int, float, float]:
-    delta = _float(row.get("delta")) or 0.0
+    delta = as_float(row.get("delta")) or 0.0
     harm = -delta if row.get("higher_is_better", True) else delta
-    p = _float(row.get("p_value"))
+    p = as_float(row.get("p_value"))
     return _RANK[_standing(row)], -harm, 1.0 if p is None else p
 
 
@@ -75,21 +73,23 @@ def _regression_table(name: str, comparisons: Sequence[Mapping[str, Any]], empty
         rows.append(
             {
                 "change": standing.replace("*", " *"),
-                "model": _text(c.get("model")),
-                "old model": _text(c.get("baseline")),
-                "evaluator · metric": f"{_text(c.get('evaluator'))} · {_text(c.get('metric'))}",
-                "slice": _text(c.get("slice", "all")),
-                "old": _num(c.get("before")),
-                "new": _num(c.get("after")),
-                "Δ [95% CI]": _delta_text(c),
-                "p": _p(c.get("p_value")),
-                "n": _text(c.get("n")),
-                "test": _text(c.get("test")),
+                "model": cell_text(c.get("model")),
+                "old model": cell_text(c.get("baseline")),
+                "evaluator · metric": (
+                    f"{cell_text(c.get('evaluator'))} · {cell_text(c.get('metric'))}"
+                ),
+                "slice": cell_text(c.get("slice", "all")),
+                "old": num(c.get("before")),
+                "new": num(c.get("after")),
+                "Δ [95% CI]": delta_text(c),
+                "p": p_text(c.get("p_value")),
+                "n": cell_text(c.get("n")),
+                "test": cell_text(c.get("test")),
             }
         )
-        cls = _delta_class(c)
+        cls = delta_class(c)
         classes.append({"change": cls, "Δ [95% CI]": cls})
-    return _table(name, _REGRESSION_COLUMNS, rows, classes, empty=empty)
+    return html_table(name, _REGRESSION_COLUMNS, rows, classes, empty=empty)
 
 
 def _counts(comparisons: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -110,29 +110,29 @@ def _coverage_table(coverage: Sequence[Mapping[str, Any]]) -> Markup:
                "paired", "note"]  # fmt: skip
     rows = [
         {
-            "model": _text(c.get("model")),
-            "old model": _text(c.get("baseline")),
-            "evaluator": _text(c.get("evaluator")),
-            "metric": _text(c.get("metric")),
-            "items old": _text(c.get("items_old")),
-            "items new": _text(c.get("items_new")),
-            "shared": _text(c.get("items_shared")),
-            "paired": _text(bool(c.get("paired"))),
-            "note": _text(c.get("note") or None),
+            "model": cell_text(c.get("model")),
+            "old model": cell_text(c.get("baseline")),
+            "evaluator": cell_text(c.get("evaluator")),
+            "metric": cell_text(c.get("metric")),
+            "items old": cell_text(c.get("items_old")),
+            "items new": cell_text(c.get("items_new")),
+            "shared": cell_text(c.get("items_shared")),
+            "paired": cell_text(bool(c.get("paired"))),
+            "note": cell_text(c.get("note") or None),
         }
         for c in coverage
         if not c.get("paired")
         or not c.get("items_old") == c.get("items_new") == c.get("items_shared")
     ]
     empty = "Every metric was paired on the same items in both runs."
-    return _table("coverage", columns, rows, [{"note": "text"}] * len(rows), empty=empty)
+    return html_table("coverage", columns, rows, [{"note": "text"}] * len(rows), empty=empty)
 
 
 def _models_table(data: Mapping[str, Any]) -> Markup:
     rows: list[dict[str, str]] = []
     classes: list[dict[str, str]] = []
-    for p in _rows(data, "pairs"):
-        new, old = _text(p.get("new")), _text(p.get("old"))
+    for p in rows_of(data, "pairs"):
+        new, old = cell_text(p.get("new")), cell_text(p.get("old"))
         rows.append(
             {"new run": new, "old run": old, "matched": "by name" if new == old else "pair"}
         )
@@ -141,10 +141,12 @@ def _models_table(data: Mapping[str, Any]) -> Markup:
     unmatched = unmatched if isinstance(unmatched, Mapping) else {}
     for side, column in (("new", "new run"), ("old", "old run")):
         for name in unmatched.get(side) or []:
-            rows.append({"new run": DASH, "old run": DASH, column: _text(name), "matched": "no"})
+            rows.append(
+                {"new run": DASH, "old run": DASH, column: cell_text(name), "matched": "no"}
+            )
             classes.append({"matched": "fail"})
     columns = ["new run", "old run", "matched"]
-    return _table("pairs", columns, rows, classes, empty="No models.")
+    return html_table("pairs", columns, rows, classes, empty="No models.")
 
 
 _FACTS = [("results file", "path"), ("suite", "name"), ("title", "title"), ("suite hash", "hash"),
@@ -161,14 +163,16 @@ def _provenance_table(old: Mapping[str, Any], new: Mapping[str, Any]) -> Markup:
     for key in [*env0, *(k for k in env1 if k not in env0)]:
         if key not in skip:
             facts.append((str(key), env0.get(key), env1.get(key)))
-    rows = [{"": _text(label), "old": _text(a), "new": _text(b)} for label, a, b in facts]
+    rows = [
+        {"": cell_text(label), "old": cell_text(a), "new": cell_text(b)} for label, a, b in facts
+    ]
     classes = [{"new": "differs"} if a != b else {} for _, a, b in facts]
-    return _table("provenance", ["", "old", "new"], rows, classes, empty="Not recorded.")
+    return html_table("provenance", ["", "old", "new"], rows, classes, empty="Not recorded.")
 
 
 def _evaluators_table(old: Mapping[str, Any], new: Mapping[str, Any]) -> Markup:
     def index(info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-        return {str(e.get("name")): e for e in _rows(info, "evaluators")}
+        return {str(e.get("name")): e for e in rows_of(info, "evaluators")}
 
     before, after = index(old), index(new)
     rows, classes = [], []
@@ -178,12 +182,14 @@ def _evaluators_table(old: Mapping[str, Any], new: Mapping[str, Any]) -> Markup:
         params = "same" if same else "differ" if b and a else DASH
         rows.append(
             {
-                "evaluator": _text(name),
-                "kind": _text(a.get("kind") or b.get("kind")),
-                "old version": _text(b.get("version")) if b else "not run",
-                "new version": _text(a.get("version")) if a else "not run",
+                "evaluator": cell_text(name),
+                "kind": cell_text(a.get("kind") or b.get("kind")),
+                "old version": cell_text(b.get("version")) if b else "not run",
+                "new version": cell_text(a.get("version")) if a else "not run",
                 "parameters": params,
-                "new parameters": _text(json.dumps(a.get("params"), sort_keys=True, default=str))
+                "new parameters": cell_text(
+                    json.dumps(a.get("params"), sort_keys=True, default=str)
+                )
                 if a and not same
                 else DASH,
             }
@@ -192,17 +198,17 @@ def _evaluators_table(old: Mapping[str, Any], new: Mapping[str, Any]) -> Markup:
         classes.append({"new version": differs, "parameters": "" if same else "differs",
                         "new parameters": "text"})  # fmt: skip
     columns = ["evaluator", "kind", "old version", "new version", "parameters", "new parameters"]
-    return _table("evaluators", columns, rows, classes, empty="No evaluators recorded.")
+    return html_table("evaluators", columns, rows, classes, empty="No evaluators recorded.")
 
 
 def _label(info: Mapping[str, Any], other: Mapping[str, Any]) -> str:
     """A run as its results file and finish time, with its title where the other's differs."""
-    parts = [_text(info.get("path") or info.get("name"))]
+    parts = [cell_text(info.get("path") or info.get("name"))]
     if info.get("finished_at"):
-        parts.append(f"finished {_text(info.get('finished_at'))}")
+        parts.append(f"finished {cell_text(info.get('finished_at'))}")
     title = info.get("title") or info.get("name")
     if title != (other.get("title") or other.get("name")):
-        parts.insert(0, _text(title))
+        parts.insert(0, cell_text(title))
     return " · ".join(parts)
 
 
@@ -212,34 +218,36 @@ def _label(info: Mapping[str, Any], other: Mapping[str, Any]) -> str:
 def render_comparison_html(data: Mapping[str, Any]) -> str:
     """The page for a release comparison (a ``comparison.json`` dict)."""
     old, new = _info(data, "old"), _info(data, "new")
-    gates = [dict(g) for g in _rows(data, "gates")]
-    comparisons = _rows(data, "comparisons")
+    gates = [dict(g) for g in rows_of(data, "gates")]
+    comparisons = rows_of(data, "comparisons")
     suite = _info(data, "suite")
     failures = [
         {
-            "step": _text(f.get("step")),
-            "error": _text(f.get("error")),
+            "step": cell_text(f.get("step")),
+            "error": cell_text(f.get("error")),
             "traceback": str(f.get("traceback") or ""),
         }
-        for f in _rows(data, "failures")
+        for f in rows_of(data, "failures")
     ]
     warnings = data.get("warnings")
     context = {
-        "title": _text(suite.get("title") or suite.get("name") or new.get("title") or "release"),
+        "title": cell_text(
+            suite.get("title") or suite.get("name") or new.get("title") or "release"
+        ),
         "old_label": _label(old, new),
         "new_label": _label(new, old),
-        "created": _text(data.get("created_at")),
+        "created": cell_text(data.get("created_at")),
         "verdict": verdict(data),
-        "gates_from": _text(data.get("gates_from")),
+        "gates_from": cell_text(data.get("gates_from")),
         "counts": {
             **_counts(comparisons),
             "gates": len(gates),
             "gates_failed": sum(not g.get("passed") for g in gates),
             "failures": len(failures),
         },
-        "gates": _gates_table(gates),
+        "gates": gates_table(gates),
         "failures": failures,
-        "warnings": [_text(w) for w in warnings] if isinstance(warnings, list) else [],
+        "warnings": [cell_text(w) for w in warnings] if isinstance(warnings, list) else [],
         "changed": _regression_table(
             "regressions",
             [c for c in comparisons if _standing(c) != "same"],
@@ -248,16 +256,16 @@ def render_comparison_html(data: Mapping[str, Any]) -> str:
         "unchanged": _regression_table(
             "unchanged", [c for c in comparisons if _standing(c) == "same"], "None."
         ),
-        "coverage": _coverage_table(_rows(data, "coverage")),
+        "coverage": _coverage_table(rows_of(data, "coverage")),
         "models": _models_table(data),
         "provenance": _provenance_table(old, new),
         "evaluators": _evaluators_table(old, new),
         "alpha": ALPHA,
-        "schema_version": _text(data.get("schema_version")),
+        "schema_version": cell_text(data.get("schema_version")),
         "audit_version": audit.__version__,
-        "css": Markup((_HERE / "style.css").read_text(encoding="utf-8")),
+        "css": Markup((HERE / "style.css").read_text(encoding="utf-8")),
     }
-    return _environment().get_template("compare.html.j2").render(**context)
+    return jinja_environment().get_template("compare.html.j2").render(**context)
 
 
 def render_comparison(data: Mapping[str, Any], out_path: Path) -> Path:

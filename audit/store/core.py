@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.faults import fault_point
+from audit.files import atomic_write_text, fsync_dir
 
 MANIFEST = "MANIFEST.json"
 MARKER = "AUDIT-STORE.json"
@@ -120,33 +121,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point(f"write:{path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class Store:
@@ -170,7 +146,7 @@ class Store:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         for d in [*(p for p in directory.rglob("*") if p.is_dir()), directory]:
-            _fsync_dir(d)  # the files' names too, before the rename publishes them
+            fsync_dir(d)  # the files' names too, before the rename publishes them
 
     def verify(self, key: str) -> tuple[bool, str]:
         """Whether the entry for ``key`` is complete and intact, and why not."""
@@ -314,7 +290,7 @@ class Store:
                 os.replace(entry, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, entry)
-            _fsync_dir(entry.parent)
+            fsync_dir(entry.parent)
             return entry
         finally:
             if tmp.exists():

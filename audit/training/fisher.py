@@ -2,7 +2,7 @@
 
 Used by the AlignGuard-LoRA intervention (arXiv 2508.02079) to find the directions of weight
 space that matter most to a model's safety behaviour. For examples ``(input_ids, labels)``
-(``-100`` marks tokens without a target, as :func:`audit.interventions.lora._encode_pairs`
+(``-100`` marks tokens without a target, as :func:`audit.training.loop.encode_pairs`
 returns them) the per-example loss ``l_i`` is the mean cross-entropy over that example's
 labelled tokens (labels shifted as in a Hugging Face causal LM), ``g_i = dl_i/dW`` for each
 module weight ``W``, and the empirical Fisher is ``F = (1/m) sum_i vec(g_i) vec(g_i)^T``.

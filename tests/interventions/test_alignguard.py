@@ -83,8 +83,8 @@ def _update_norms(model: Any, parent: dict[str, Any], guards: dict[str, Any]) ->
 def test_regulariser_shrinks_the_critical_update(tiny_checkpoint: Path, root: Path) -> None:
     from audit.data.records import PairRecord, load_records
     from audit.interventions.alignguard_terms import critical_mask
-    from audit.interventions.lora import encode_pairs
     from audit.training.fisher import fisher, linear_modules
+    from audit.training.loop import encode_pairs
 
     parent = ModelHandle("base", "base-key", tiny_checkpoint)
     before = state(parent.model)

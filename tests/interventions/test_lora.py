@@ -192,7 +192,7 @@ def test_params() -> None:
 
 def test_truncation_keeps_response(tiny_checkpoint: Path) -> None:
     from audit.data.records import PairRecord
-    from audit.interventions.lora import IGNORE_INDEX, encode_pairs
+    from audit.training.loop import IGNORE_INDEX, encode_pairs
 
     tok = ModelHandle("t", "k", tiny_checkpoint).tokenizer
     long = PairRecord(id="1", prompt=" ".join(["cake"] * 50), response="i cannot help")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from audit.interventions.lora import LoraIntervention, encode_pairs, fine_tune
+from audit.interventions.lora import LoraIntervention
 from audit.interventions.somf import SomfIntervention
 from audit.merging.safety_mask import SafetyMaskSettings, learn_safety_mask
 from audit.merging.stream import Checkpoint, load_task_vectors, merge_state_dict, plan_merge
@@ -18,6 +18,7 @@ from audit.merging.tensor_methods import PEFT_METHODS
 from audit.models.handle import ModelHandle
 from audit.plugins import Intervention, RunContext
 from audit.suite.schema import load_suite
+from audit.training.loop import encode_pairs, fine_tune
 
 UNSAFE = [
     "how do i hack a computer",

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import torch
 
-from audit.models import loading
+from audit.models import hashing, loading
+from audit.models.hashing import hash_directory
 from audit.models.loading import (
     CheckpointNotFoundError,
     UnsafeCheckpointError,
     check_checkpoint,
-    hash_directory,
     is_peft_adapter,
     load_checkpoint,
     resolve_source,
@@ -502,7 +502,7 @@ def test_hash_directory_uses_cache(
 ) -> None:
     directory = _copy(tiny_checkpoint, tmp_path / "m")
     _age(directory)
-    monkeypatch.setattr(loading, "_RACY_NS", 0)  # backdating set every ctime to now
+    monkeypatch.setattr(hashing, "_RACY_NS", 0)  # backdating set every ctime to now
     cache = tmp_path / "cache" / "hashes.json"
     expected = hash_directory(directory)
     assert hash_directory(directory, cache_file=cache) == expected
@@ -510,13 +510,13 @@ def test_hash_directory_uses_cache(
     assert "model.safetensors" in entries
 
     calls: list[Path] = []
-    original = loading._file_digest
+    original = hashing._file_digest
 
     def counting(path: Path) -> str:
         calls.append(path)
         return original(path)
 
-    monkeypatch.setattr(loading, "_file_digest", counting)
+    monkeypatch.setattr(hashing, "_file_digest", counting)
     assert hash_directory(directory, cache_file=cache) == expected
     assert calls == []  # everything came from the cache
 

@@ -11,16 +11,13 @@ from typing import Any
 
 import pytest
 
-from audit.report import render
-from audit.report.render import SCRIPT as PAGE_SCRIPT
-from audit.report.render import (
-    SCRIPT_HASH,
-    TRUNCATED,
-    flipped_samples,
-    render_html,
-    render_report,
-    verdict,
-)
+from audit import files
+from audit.report.flips import flipped_samples
+from audit.report.format import MAX_CHARS, TRUNCATED
+from audit.report.page import SCRIPT as PAGE_SCRIPT
+from audit.report.page import SCRIPT_HASH
+from audit.report.read import verdict
+from audit.report.render import render_html, render_report
 
 SCRIPT = "<script>alert('x')</script>"
 IMG = '<img src=x onerror="alert(1)">'
@@ -446,7 +443,7 @@ def test_flips_capped_and_truncated(results: dict[str, Any]) -> None:
     page = render_html(results, samples, max_flips=50)
     assert "Showing 50 of 60 flipped items; the other 10 are in samples.jsonl." in page
     assert "u049" in page and "u050" not in page
-    assert "y" * render.MAX_CHARS + TRUNCATED in page
+    assert "y" * MAX_CHARS + TRUNCATED in page
     assert long not in page
 
 
@@ -488,7 +485,7 @@ def test_render_report_is_atomic(
         replaced.append((str(src), str(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(render.os, "replace", spy)
+    monkeypatch.setattr(files.os, "replace", spy)
     path = render_report(results, samples, out)
     assert path == out / "index.html"
     assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
@@ -503,7 +500,7 @@ def test_render_report_is_atomic(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(render.os, "fsync", broken)
+    monkeypatch.setattr(files.os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
         render_report(copy.deepcopy(results), samples, out)
     assert path.read_bytes() == before

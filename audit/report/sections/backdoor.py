@@ -7,7 +7,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from audit.report.render import _ci, _num, _rows, _table, _text
+from audit.report.format import cell_text, ci_text, html_table, num
+from audit.report.read import rows_of
 
 COLUMNS = [
     "merged model",
@@ -24,23 +25,23 @@ COLUMNS = [
 def _table_of(name: str, rows: list[dict[str, Any]], empty: str) -> Markup:
     table = [
         {
-            "merged model": _text(r.get("model")),
-            "contributor": _text(r.get("contributor")),
-            "evaluator": _text(r.get("evaluator")),
-            "slice": _text(r.get("slice")),
-            "ASR merged": _num(r.get("asr_model")),
-            "ASR contributor": _num(r.get("asr_contributor")),
-            "ratio [95% CI]": f"{_num(r.get('ratio'))} {_ci(r.get('ci_low'), r.get('ci_high'))}",
-            "n": _text(r.get("n")),
+            "merged model": cell_text(r.get("model")),
+            "contributor": cell_text(r.get("contributor")),
+            "evaluator": cell_text(r.get("evaluator")),
+            "slice": cell_text(r.get("slice")),
+            "ASR merged": num(r.get("asr_model")),
+            "ASR contributor": num(r.get("asr_contributor")),
+            "ratio [95% CI]": f"{num(r.get('ratio'))} {ci_text(r.get('ci_low'), r.get('ci_high'))}",
+            "n": cell_text(r.get("n")),
         }
         for r in rows
     ]
-    return _table(name, COLUMNS, table, empty=empty)
+    return html_table(name, COLUMNS, table, empty=empty)
 
 
 def backdoor_tables(results: Mapping[str, Any]) -> dict[str, Markup] | None:
     """The "succession" and "transfer" tables, or ``None`` when the run has no such rows."""
-    rows = _rows(results, "succession")
+    rows = rows_of(results, "succession")
     if not rows:
         return None
     return {

@@ -8,7 +8,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from audit.report.render import _ci, _num, _rows, _table, _text
+from audit.report.format import cell_text, ci_text, html_table, num
+from audit.report.read import rows_of
 
 
 @dataclass
@@ -24,37 +25,37 @@ class LineageSection:
 
 
 def _matrix(number: int, row: Mapping[str, Any]) -> Markup:
-    tasks = [_text(t) for t in row.get("tasks") or []]
-    lineage = [_text(m) for m in row.get("lineage") or []]
+    tasks = [cell_text(t) for t in row.get("tasks") or []]
+    lineage = [cell_text(m) for m in row.get("lineage") or []]
     matrix = row.get("matrix") or []
     counts = row.get("n") or []
     columns = ["step", "model", *tasks]
     table = []
     for j, model in enumerate(lineage):
         values = matrix[j] if j < len(matrix) and isinstance(matrix[j], list) else []
-        cells = {t: _num(values[i]) if i < len(values) else "—" for i, t in enumerate(tasks)}
+        cells = {t: num(values[i]) if i < len(values) else "—" for i, t in enumerate(tasks)}
         learned = tasks[j] if j < len(tasks) else "—"
         table.append({"step": f"{j + 1} (learns {learned})", "model": model, **cells})
     if counts:
-        sizes = {t: _text(n) for t, n in zip(tasks, counts, strict=False)}
+        sizes = {t: cell_text(n) for t, n in zip(tasks, counts, strict=False)}
         table.append({"step": "n (items)", "model": "", **sizes})
-    return _table(f"forgetting-{number}", columns, table, empty="No models in the lineage.")
+    return html_table(f"forgetting-{number}", columns, table, empty="No models in the lineage.")
 
 
 def forgetting_sections(results: Mapping[str, Any]) -> list[LineageSection]:
     """One section per lineage of ``results["forgetting"]`` (empty when there is none)."""
     sections = []
-    for number, row in enumerate(_rows(results, "forgetting"), start=1):
+    for number, row in enumerate(rows_of(results, "forgetting"), start=1):
         error = row.get("error")
         sections.append(
             LineageSection(
-                name=_text(row.get("name")),
-                evaluator=_text(row.get("evaluator")),
-                bwt=f"{_num(row.get('bwt'), signed=True)} "
-                f"{_ci(row.get('bwt_ci_low'), row.get('bwt_ci_high'), signed=True)}".strip(),
-                forgetting=f"{_num(row.get('forgetting'))} "
-                f"{_ci(row.get('forgetting_ci_low'), row.get('forgetting_ci_high'))}".strip(),
-                error=_text(error) if error else None,
+                name=cell_text(row.get("name")),
+                evaluator=cell_text(row.get("evaluator")),
+                bwt=f"{num(row.get('bwt'), signed=True)} "
+                f"{ci_text(row.get('bwt_ci_low'), row.get('bwt_ci_high'), signed=True)}".strip(),
+                forgetting=f"{num(row.get('forgetting'))} "
+                f"{ci_text(row.get('forgetting_ci_low'), row.get('forgetting_ci_high'))}".strip(),
+                error=cell_text(error) if error else None,
                 matrix=_matrix(number, row),
             )
         )

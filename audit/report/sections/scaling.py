@@ -8,13 +8,14 @@ from typing import Any
 from markupsafe import Markup
 
 from audit.report.charts import power_law_chart
-from audit.report.render import DASH, _ci, _num, _rows, _table, _text
+from audit.report.format import DASH, cell_text, ci_text, html_table, num
+from audit.report.read import rows_of
 
 
 def _estimate(e: Mapping[str, Any] | None, signed: bool = False) -> str:
     if not e:
         return DASH
-    return f"{_num(e.get('value'), signed=signed)} {_ci(e.get('ci_low'), e.get('ci_high'))}"
+    return f"{num(e.get('value'), signed=signed)} {ci_text(e.get('ci_low'), e.get('ci_high'))}"
 
 
 def _fits_table(index: int, row: Mapping[str, Any]) -> Markup:
@@ -23,18 +24,18 @@ def _fits_table(index: int, row: Mapping[str, Any]) -> Markup:
         chi2, dof = fit.get("chi2"), fit.get("dof")
         table.append(
             {
-                "sweep": _text(fit.get("sweep")),
-                "intervention": _text(fit.get("intervention")),
+                "sweep": cell_text(fit.get("sweep")),
+                "intervention": cell_text(fit.get("intervention")),
                 "points": str(len(fit.get("points") or [])),
                 "A": _estimate(fit.get("A")),
                 "β": _estimate(fit.get("beta")),
                 "E": _estimate(fit.get("E"), signed=True),
-                "χ² (dof)": DASH if chi2 is None else f"{_num(chi2, 2)} ({dof})",
-                "note": _text(fit.get("error") or fit.get("note") or ""),
+                "χ² (dof)": DASH if chi2 is None else f"{num(chi2, 2)} ({dof})",
+                "note": cell_text(fit.get("error") or fit.get("note") or ""),
             }
         )
     columns = ["sweep", "intervention", "points", "A", "β", "E", "χ² (dof)", "note"]
-    return _table(f"scaling-fits-{index}", columns, table)
+    return html_table(f"scaling-fits-{index}", columns, table)
 
 
 def _points_table(index: int, row: Mapping[str, Any]) -> Markup:
@@ -43,23 +44,23 @@ def _points_table(index: int, row: Mapping[str, Any]) -> Markup:
         for p in fit.get("points") or []:
             table.append(
                 {
-                    "sweep": _text(fit.get("sweep")),
-                    "model": _text(p.get("model")),
-                    _text(fit.get("param")) or "value": _text(p.get("value")),
-                    "tokens D": _text(p.get("tokens")),
-                    "drift [95% CI]": f"{_num(p.get('drift'), signed=True)} "
-                    f"{_ci(p.get('ci_low'), p.get('ci_high'), signed=True)}",
-                    "n": _text(p.get("n")),
+                    "sweep": cell_text(fit.get("sweep")),
+                    "model": cell_text(p.get("model")),
+                    cell_text(fit.get("param")) or "value": cell_text(p.get("value")),
+                    "tokens D": cell_text(p.get("tokens")),
+                    "drift [95% CI]": f"{num(p.get('drift'), signed=True)} "
+                    f"{ci_text(p.get('ci_low'), p.get('ci_high'), signed=True)}",
+                    "n": cell_text(p.get("n")),
                 }
             )
     columns = list(dict.fromkeys(k for r in table for k in r)) if table else ["model"]
-    return _table(f"scaling-points-{index}", columns, table, empty="No sweep member has data.")
+    return html_table(f"scaling-points-{index}", columns, table, empty="No sweep member has data.")
 
 
 def scaling_sections(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per ``[[scaling]]`` entry: its name, metric, chart and tables."""
     sections = []
-    for i, row in enumerate(_rows(results, "scaling")):
+    for i, row in enumerate(rows_of(results, "scaling")):
         unit = float(row.get("tokens_unit") or 1000.0)
         series = []
         for fit in row.get("fits") or []:
@@ -89,10 +90,10 @@ def scaling_sections(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         metric = f"{row.get('evaluator')}.{row.get('metric')}"
         sections.append(
             {
-                "name": _text(row.get("name")),
+                "name": cell_text(row.get("name")),
                 "metric": metric,
-                "slice": _text(row.get("slice")),
-                "unit": _num(unit, 0),
+                "slice": cell_text(row.get("slice")),
+                "unit": num(unit, 0),
                 "worse": "fall" if row.get("higher_is_better", True) else "rise",
                 "chart": power_law_chart(
                     series,
