@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from audit.merging.concrete import ConcreteOptions
 from audit.merging.dam import DamOptions
 from audit.merging.doge import DogeOptions
+from audit.merging.methods import METHODS, method, names, resolve
 from audit.merging.opcm import OpcmOptions
 from audit.plugins import ModelRef, PairData, RunContext, TrainedModel
 from audit.plugins import Params as BaseParams
@@ -23,33 +24,16 @@ if TYPE_CHECKING:
 
 __all__ = ["MODEL_METHODS", "MergeIntervention", "TENSOR_METHODS"]
 
-Method = Literal[
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "magnitude_prune",
-    "opcm",
-    "doge",
-    "dam",
-    "concrete",
-]
+if TYPE_CHECKING:
+    Method = str
+else:
+    Method = Literal[names()]
+    """Every method of :data:`audit.merging.methods.METHODS`, in table order."""
 
-TENSOR_METHODS: dict[str, Any] = {
-    "task_arithmetic": "audit.merging.tensor_methods:task_arithmetic",
-    "ties": "audit.merging.tensor_methods:ties",
-    "dare_linear": "audit.merging.tensor_methods:dare_linear",
-    "dare_ties": "audit.merging.tensor_methods:dare_ties",
-    "magnitude_prune": "audit.merging.tensor_methods:magnitude_prune",
-    "opcm": "audit.merging.opcm:merge_opcm",
-    "doge": "audit.merging.doge:merge_doge",
-}
+TENSOR_METHODS: dict[str, Any] = {m.name: m.function for m in METHODS if m.kind == "tensor"}
 """Methods merging one tensor at a time (streamed from disk), as ``module:function``."""
 
-MODEL_METHODS: dict[str, Any] = {
-    "dam": "audit.merging.dam:merge_dam",
-    "concrete": "audit.merging.concrete:merge_concrete",
-}
+MODEL_METHODS: dict[str, Any] = {m.name: m.function for m in METHODS if m.kind == "model"}
 """Methods that need the base model and data; they hold every task vector in memory."""
 
 
@@ -167,7 +151,7 @@ class MergeIntervention:
 
     def _options(self) -> Any:
         p = self.params
-        return getattr(p, p.method) if p.method in ("opcm", "doge", "dam", "concrete") else p
+        return getattr(p, p.method) if method(p.method).options is not None else p
 
     def _streamed(
         self, plan: Any, base: ModelHandle, weights: list[float], seed: int, ctx: RunContext
@@ -175,13 +159,13 @@ class MergeIntervention:
         from audit.merging.stream import merge_to_directory
         from audit.models.loading import load_checkpoint
 
-        method: TensorMethod = _resolve(TENSOR_METHODS[self.params.method])
+        merge: TensorMethod = resolve(TENSOR_METHODS[self.params.method])
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         out_dir = Path(tempfile.mkdtemp(prefix="merged-", dir=ctx.work_dir))
         try:
             stats = merge_to_directory(
                 plan,
-                method,
+                merge,
                 weights,
                 out_dir,
                 scaling=self.params.scaling,
@@ -204,7 +188,7 @@ class MergeIntervention:
         from audit.models.loading import load_checkpoint
 
         p = self.params
-        method: ModelMethod = _resolve(MODEL_METHODS[p.method])
+        merge: ModelMethod = resolve(MODEL_METHODS[p.method])
         vectors, copied = load_task_vectors(plan)
         prompts = [
             [
@@ -217,7 +201,7 @@ class MergeIntervention:
             base.path, allow_pickle=base.allow_pickle, trust_remote_code=base.trust_remote_code
         )
         model.to(ctx.device)
-        merged = method(
+        merged = merge(
             model, tokenizer, vectors, weights, prompts, self._options(), seed, ctx.progress
         )
         del vectors
@@ -234,13 +218,3 @@ class MergeIntervention:
             tensors=len(plan.names), merged=len(merged), copied=copied, tied=plan.tied
         )
         return model, tokenizer, stats
-
-
-def _resolve(target: Any) -> Any:
-    """The function ``module:name`` (a callable is returned as is)."""
-    import importlib
-
-    if callable(target):
-        return target
-    module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute)

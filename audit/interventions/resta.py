@@ -64,8 +64,8 @@ class RestaIntervention:
 
     def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
         """Stream ``θ_model + scale · (θ_aligned − θ_unaligned)`` and load it."""
+        from audit.merging.methods import method
         from audit.merging.stream import merge_to_directory, plan_merge
-        from audit.merging.tensor_methods import task_arithmetic
         from audit.models.loading import load_checkpoint
 
         model_h, aligned, unaligned = self.split_inputs(inputs)
@@ -80,7 +80,7 @@ class RestaIntervention:
         try:
             stats = merge_to_directory(
                 plan,
-                task_arithmetic,
+                method("task_arithmetic").load(),
                 [1.0, -1.0],
                 out_dir,
                 scaling=self.params.scale,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from audit.merging.methods import method, names
 from audit.plugins import ModelRef, RunContext, SafetyData, TrainedModel
 from audit.plugins import Params as BaseParams
 
@@ -22,7 +23,12 @@ if TYPE_CHECKING:
 
 __all__ = ["SomfIntervention"]
 
-SomfMethod = Literal["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+if TYPE_CHECKING:
+    SomfMethod = str
+else:
+    SomfMethod = Literal[names("tensor", differentiable=True)]
+    """The merge methods autograd flows through (the peft ones), from
+    :data:`audit.merging.methods.METHODS`."""
 
 DEFAULT_WEIGHT = {"ties": 0.4, "dare_ties": 0.4}
 """Per-task weight by method when ``weights`` is not given (the paper's: 0.4 for TIES); 0.3
@@ -112,7 +118,6 @@ class SomfIntervention:
         """Learn the mask and return the fused model."""
         from audit.merging.safety_mask import SafetyMaskSettings, learn_safety_mask
         from audit.merging.stream import load_task_vectors, plan_merge
-        from audit.merging.tensor_methods import PEFT_METHODS
         from audit.models.loading import load_checkpoint
 
         p = self.params
@@ -148,7 +153,7 @@ class SomfIntervention:
             model,
             vectors,
             weights,
-            PEFT_METHODS[p.method],
+            method(p.method).load(),
             p,
             examples,
             settings,

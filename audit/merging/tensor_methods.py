@@ -5,7 +5,7 @@ peft's, not rewritten here): the contributors' task vectors are stacked, ``weigh
 tensor, and the result is the merged task vector (the caller adds ``scaling · result`` to the
 base). ``options`` is any object with ``density`` and ``majority_sign_method`` attributes (the
 merge intervention's Params, or :class:`PeftOptions`); missing attributes take the defaults
-below.
+below. Their names, papers and kind are in :data:`audit.merging.methods.METHODS`.
 
 peft's TIES divides each entry by the *number* of contributors agreeing with the elected sign
 (mergekit divides by the sum of their weights), so the two tools' TIES outputs differ by that
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from audit.merging.base import TensorContext, TensorMethod, derived_seed
+from audit.merging.methods import METHODS
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -179,10 +180,7 @@ def magnitude_prune(
 task_arithmetic.elementwise = True  # type: ignore[attr-defined]
 
 PEFT_METHODS: dict[str, TensorMethod] = {
-    "task_arithmetic": task_arithmetic,
-    "ties": ties,
-    "dare_linear": dare_linear,
-    "dare_ties": dare_ties,
-    "magnitude_prune": magnitude_prune,
+    entry.name: globals()[entry.attribute] for entry in METHODS if entry.module == __name__
 }
-"""The peft methods by the name suites use (``method = "ties"``)."""
+"""The peft methods by the name suites use (``method = "ties"``): the entries of
+:data:`audit.merging.methods.METHODS` whose function is in this module."""
