@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from audit.analysis.gates import EXIT_CRASHED, EXIT_INVALID, EXIT_OK
+from audit.errors import EXIT_CRASHED, EXIT_INVALID, EXIT_OK, AuditError
 from audit.terminal import escape  # markup escaped and control characters made visible
 
 if TYPE_CHECKING:
@@ -164,26 +164,18 @@ def _update_gallery(root: Path | None) -> None:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from audit.report.gallery import GalleryError, write_gallery
+    from audit.report.gallery import write_gallery
 
-    try:
-        path = write_gallery(Path(args.root))
-    except GalleryError as e:
-        _err.print(f"[red]error[/] {escape(str(e))}")
-        return EXIT_INVALID
+    path = write_gallery(Path(args.root))  # a GalleryError is an input error: exit 2
     _out.print(f"gallery: {escape(str(path))}")
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from audit.release.compare import CompareError, write_comparison
+    from audit.release.compare import write_comparison
 
-    try:
-        result = _comparison(args)
-        out_dir = _compare_out(args, result)
-    except CompareError as e:
-        _err.print(f"[red]error[/] {escape(str(e))}")
-        return EXIT_INVALID
+    result = _comparison(args)  # a CompareError is an input error: exit 2
+    out_dir = _compare_out(args, result)
     report = write_comparison(out_dir, result)
     _update_gallery(_gallery_root(args.gallery, out_dir, lambda: Path("reports")))
     _summarize_comparison(result, report, quiet=args.quiet)
@@ -480,10 +472,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``audit`` command."""
-    from audit.data.records import DataError
-    from audit.models.loading import CheckpointNotFoundError, UnsafeCheckpointError
-    from audit.results import ResultsError
-    from audit.store.core import NotAStoreError
     from audit.suite.schema import SuiteError
 
     args = parser().parse_args(argv)
@@ -492,18 +480,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SuiteError as e:
         for issue in e.issues:
             _err.print(f"[red]error[/] {escape(str(issue))}")
-        return EXIT_INVALID
-    except (
-        DataError,
-        FileNotFoundError,
-        json.JSONDecodeError,
-        CheckpointNotFoundError,
-        UnsafeCheckpointError,
-        NotAStoreError,
-        ResultsError,
-    ) as e:
-        # a checkpoint a run names is missing or refused (an adapter's base outside the
-        # suite): found while planning, before any step runs
+        return e.exit_code
+    except AuditError as e:
+        # input it cannot use (exit 2: a data set, checkpoint, results file, store) or a
+        # failure it detected (exit 3); see audit.errors
+        _err.print(f"[red]error[/] {escape(str(e))}")
+        return e.exit_code
+    except (FileNotFoundError, json.JSONDecodeError) as e:
         _err.print(f"[red]error[/] {escape(str(e))}")
         return EXIT_INVALID
     except KeyboardInterrupt:

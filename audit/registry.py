@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from audit.errors import AuditError
+
 T = TypeVar("T")
 
 
-class PluginError(Exception):
+class PluginError(AuditError):
     """A plug-in name that cannot be resolved, or a plug-in that breaks its protocol."""
 
 

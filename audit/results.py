@@ -23,6 +23,8 @@ import stat
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
+from audit.errors import InputError
+
 SCHEMA_VERSION = 1
 
 
@@ -111,7 +113,7 @@ class SampleRowT(TypedDict):
     judgment: str | None
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError, ValueError):
     """A results file that cannot be read as one (a command reading it exits 2)."""
 
 

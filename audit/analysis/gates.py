@@ -26,13 +26,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from audit.errors import EXIT_CRASHED, EXIT_GATE_FAILED, EXIT_OK
 from audit.results import ComparisonRowT, GateRowT, MetricRowT
 from audit.suite.schema import GateSpec, Suite, match_models
 
 if TYPE_CHECKING:
     from audit.plan import Plan
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_INVALID, EXIT_CRASHED = 0, 1, 2, 3
 _TOL = 1e-12
 NOTHING = "(nothing)"
 """The ``model`` of the failing row a gate that checked nothing gets."""

@@ -21,12 +21,14 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from audit.errors import InputError
+
 Split = Literal["train", "eval"]
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 R = TypeVar("R", bound=BaseModel)
 
 
-class DataError(Exception):
+class DataError(InputError):
     """A data set that cannot be used, with the file and line at fault."""
 
 

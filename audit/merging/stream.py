@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from audit.errors import AuditError
 from audit.merging.base import TensorContext, TensorMethod
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ _ST_DTYPES = {
 }
 
 
-class MergeError(ValueError):
+class MergeError(AuditError, ValueError):
     """The inputs of a merge do not fit together (vocabulary, tensor names, adapter base)."""
 
 

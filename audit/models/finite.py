@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit.errors import AuditError
 
-class NonFiniteWeightsError(ValueError):
+
+class NonFiniteWeightsError(AuditError, ValueError):
     """A model has NaN or infinite parameters or buffers."""
 
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from audit.errors import InputError
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 """Weight files read with ``pickle`` (through ``torch.load``)."""
 
@@ -42,11 +44,11 @@ _TRUE = {"1", "on", "yes", "true"}
 _MAX_ADAPTER_DEPTH = 4
 
 
-class UnsafeCheckpointError(Exception):
+class UnsafeCheckpointError(InputError):
     """A checkpoint that could run code or read files outside itself was refused."""
 
 
-class CheckpointNotFoundError(Exception):
+class CheckpointNotFoundError(InputError):
     """A checkpoint (or its weights, or its base model) could not be found locally."""
 
 

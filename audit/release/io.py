@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from audit.errors import InputError
 from audit.files import atomic_write_text
 from audit.plugins import MetricRow, MetricSpec, Sample
 from audit.results import ResultsError, check_results, load_samples, read_json_file
@@ -24,7 +25,7 @@ KIND = "release_comparison"
 COMPARISON = "comparison.json"
 
 
-class CompareError(ValueError):
+class CompareError(InputError, ValueError):
     """An input that is not a run's results (exit code 2)."""
 
 

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 import audit
+from audit.errors import InputError
 from audit.report.format import (
     ALPHA,
     DASH,
@@ -58,7 +59,7 @@ _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 _STORE_PARTS = ("entries", "locks", "tmp", "corrupt", "file-hashes")
 
 
-class GalleryError(Exception):
+class GalleryError(InputError):
     """The gallery cannot be written where asked (e.g. it would replace a run's report)."""
 
 

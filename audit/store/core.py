@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from audit.errors import AuditError, InputError
 from audit.faults import fault_point
 from audit.files import atomic_write_text, fsync_dir
 
@@ -47,11 +48,11 @@ _LAYOUT = frozenset({"entries", "tmp", "locks", "trash", "corrupt", "file-hashes
 _FULL_HASH_LIMIT = 64 * 2**20  # files above this are checked by size on read
 
 
-class StoreError(Exception):
+class StoreError(AuditError):
     """A store entry that is missing, corrupted or cannot be written."""
 
 
-class NotAStoreError(StoreError):
+class NotAStoreError(StoreError, InputError):
     """A directory given as a store that is not one (or of an unknown format)."""
 
 

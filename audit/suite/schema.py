@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from audit import registry
+from audit.errors import InputError
 from audit.plugins import DataRefMarker, ModelRefMarker, Params
 from audit.registry import PluginError, did_you_mean
 from audit.suite.tomlpos import key_lines, line_of
@@ -282,7 +283,7 @@ class SuiteIssue:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-class SuiteError(Exception):
+class SuiteError(InputError):
     """A suite that cannot run; ``issues`` lists every problem found."""
 
     def __init__(self, issues: list[SuiteIssue]):
