@@ -8,6 +8,9 @@ Two kinds of metric (:class:`audit.plugins.MetricSpec.kind`):
   percentile); paired differences get a bootstrap interval of the mean difference and a
   sign-flip permutation test.
 
+Custom statistics of paired items (ratios, cosines, accuracy-matrix measures) get a percentile
+interval from :func:`paired_bootstrap`, which resamples the same items across several arrays.
+
 Every random procedure takes a ``seed`` (default 0), so results are reproducible. Every
 function returns plain Python ``float``/``int`` values, ready for ``json.dump``.
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -37,6 +40,7 @@ __all__ = [
     "compare_samples",
     "mcnemar_exact",
     "metric_rows_from_samples",
+    "paired_bootstrap",
     "paired_bootstrap_difference",
     "paired_rate_difference",
     "summarize",
@@ -325,6 +329,110 @@ def paired_bootstrap_difference(
             **_rng_kwargs(sps.permutation_test, seed),
         )
     return delta, low, high, min(1.0, float(res.pvalue))
+
+
+def paired_bootstrap(
+    arrays: Sequence[np.ndarray],
+    statistic: Callable[..., np.ndarray],
+    *,
+    n_resamples: int,
+    seed: int,
+    confidence: float = 0.95,
+    strata: Sequence[Hashable] | None = None,
+    means: bool = False,
+    batch: int | None = None,
+    quantiles: tuple[float, float] | None = None,
+) -> tuple[float, float] | None:
+    """Paired percentile bootstrap interval of ``statistic`` over items.
+
+    Axis 0 of every array of ``arrays`` indexes items; item ``i`` of one array is paired with
+    item ``i`` of the others (e.g. two models' outcomes on the same prompt). Each resample
+    draws ``n`` item indices with replacement and applies the *same* indices to every array,
+    so the pairing is kept. With ``strata`` (one label per array) the arrays sharing a label
+    are paired with one another and each stratum is resampled independently with its own
+    item count (a stratified bootstrap); by default all arrays form one stratum and must have
+    the same number of items.
+
+    ``statistic`` is vectorized: it is called with the resampled arrays, in the order of
+    ``arrays``, each with a leading axis of ``b`` resamples (shape ``(b, n, ...)``), and
+    returns ``b`` values. With ``means=True`` the resamples are drawn as multinomial item
+    counts instead of indices, and ``statistic`` receives each array's *resample mean* over
+    items (``counts / n @ array``, shape ``(b, ...)``) rather than the resampled array; use it
+    for statistics of means on wide arrays, where materializing ``(b, n, ...)`` copies is too
+    costly.
+
+    Draws come from ``numpy.random.default_rng(seed)``: for each batch of ``batch`` resamples
+    (default: all ``n_resamples`` at once), one draw per stratum in the order the strata first
+    appear in ``strata``: ``rng.integers(0, n, size=(b, n))``, or
+    ``rng.multinomial(n, [1/n] * n, size=b)`` with ``means=True``. The same seed, arrays and
+    batch therefore give the same resamples; a different ``batch`` gives different ones.
+
+    Non-finite values of ``statistic`` mark resamples where it is undefined (e.g. a ratio
+    with a zero denominator); they are dropped. The interval is the linear-interpolation
+    percentile interval of the remaining values: ``numpy.percentile`` at
+    ``[tail, 100 - tail]`` with ``tail = (1 - confidence) / 2 * 100``, or, when ``quantiles``
+    is given, ``numpy.quantile`` at those two probabilities (``confidence`` is then unused; the
+    two spellings can differ in the last bit). Returns ``None`` when ``n_resamples`` is 0 or no
+    resample gives a finite value.
+
+    Assumes items are independent and exchangeable within a stratum (no clustering) and that
+    the percentile interval is adequate (no bias or skewness correction, unlike
+    :func:`bootstrap_mean_interval`'s BCa). Raises ``ValueError`` on a negative
+    ``n_resamples``, no arrays, a 0-dimensional array, a stratum without items, arrays of one
+    stratum with different item counts, or ``strata`` of the wrong length.
+    """
+    if n_resamples < 0:
+        raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    xs = [np.asarray(a) for a in arrays]
+    if not xs:
+        raise ValueError("need at least one array to resample")
+    labels: list[Hashable] = [0] * len(xs) if strata is None else list(strata)
+    if len(labels) != len(xs):
+        raise ValueError(f"{len(labels)} strata labels for {len(xs)} arrays")
+    groups: dict[Hashable, list[int]] = {}
+    for k, label in enumerate(labels):
+        if xs[k].ndim == 0:
+            raise ValueError(f"array {k} is 0-dimensional: axis 0 must index items")
+        groups.setdefault(label, []).append(k)
+    sizes: list[int] = []
+    for label, members in groups.items():
+        counts = {xs[k].shape[0] for k in members}
+        if len(counts) != 1:
+            raise ValueError(f"paired arrays of stratum {label!r} differ in items: {counts}")
+        (n,) = counts
+        if n == 0:
+            raise ValueError(f"stratum {label!r} has no items")
+        sizes.append(n)
+    if n_resamples == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    step = n_resamples if batch is None else batch
+    chunks: list[np.ndarray] = []
+    for start in range(0, n_resamples, step):
+        b = min(step, n_resamples - start)
+        resampled: list[np.ndarray] = list(xs)
+        for members, n in zip(groups.values(), sizes, strict=True):
+            if means:
+                weights = rng.multinomial(n, np.full(n, 1.0 / n), size=b) / n
+                for k in members:
+                    resampled[k] = weights @ xs[k]
+            else:
+                index = rng.integers(0, n, size=(b, n))
+                for k in members:
+                    resampled[k] = xs[k][index]
+        chunks.append(np.asarray(statistic(*resampled), dtype=float).reshape(b))
+    values = np.concatenate(chunks)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    if quantiles is None:
+        tail = (1.0 - confidence) / 2 * 100
+        low, high = np.percentile(values, [tail, 100 - tail])
+    else:
+        low, high = np.quantile(values, list(quantiles))
+    return float(low), float(high)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from audit.stats import (
     compare_samples,
     mcnemar_exact,
     metric_rows_from_samples,
+    paired_bootstrap,
     paired_bootstrap_difference,
     paired_rate_difference,
     summarize,
@@ -366,3 +367,119 @@ def test_compare_rows_unpaired() -> None:
 def test_paired_bootstrap_single_pair() -> None:
     delta, low, high, p = paired_bootstrap_difference([0.5], [1.5])
     assert (delta, low, high, p) == (1.0, 1.0, 1.0, 1.0)
+
+
+# --- paired_bootstrap (the resampling primitive) ---------------------------------------------
+
+
+TAIL_95 = (1.0 - 0.95) / 2 * 100  # the primitive's percentile tail at its default confidence
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(b.mean(axis=1) - a.mean(axis=1))
+
+
+def test_paired_bootstrap_primitive_matches_numpy_oracle() -> None:
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=25), rng.normal(loc=0.3, size=25)
+    for confidence in (0.95, 0.8, 0.68):
+        got = paired_bootstrap(
+            [a, b], _mean_difference, n_resamples=700, seed=5, confidence=confidence
+        )
+        # oracle: one (resamples × items) index draw shared by both arrays; percentile interval
+        index = np.random.default_rng(5).integers(0, 25, size=(700, 25))
+        diffs = b[index].mean(axis=1) - a[index].mean(axis=1)
+        tail = (1.0 - confidence) / 2 * 100
+        assert got == tuple(float(v) for v in np.percentile(diffs, [tail, 100 - tail]))
+        alpha = (1.0 - confidence) / 2
+        by_quantile = paired_bootstrap(
+            [a, b], _mean_difference, n_resamples=700, seed=5, quantiles=(alpha, 1 - alpha)
+        )
+        assert by_quantile == tuple(float(v) for v in np.quantile(diffs, [alpha, 1 - alpha]))
+    assert got is not None and got[0] < 0.3 < got[1]
+
+
+def test_paired_bootstrap_primitive_resamples_the_same_items_across_arrays() -> None:
+    items = np.arange(12.0)
+    seen: list[np.ndarray] = []
+
+    def statistic(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        np.testing.assert_array_equal(y, 10 * x)  # same item indices in every array
+        np.testing.assert_array_equal(z[:, :, 1], x)  # 2-D arrays: rows are items
+        seen.append(x)
+        return np.asarray(x.mean(axis=1))
+
+    table = np.stack([-items, items], axis=1)
+    assert paired_bootstrap([items, 10 * items, table], statistic, n_resamples=50, seed=1)
+    assert seen[0].shape == (50, 12)
+    # a paired difference of identical arrays never moves; an unpaired one would
+    same = paired_bootstrap([items, items.copy()], _mean_difference, n_resamples=200, seed=0)
+    assert same == (0.0, 0.0)
+
+
+def test_paired_bootstrap_primitive_seed_determinism() -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=30), rng.normal(size=30)
+
+    def run(seed: int) -> tuple[float, float] | None:
+        return paired_bootstrap([a, b], _mean_difference, n_resamples=400, seed=seed)
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_paired_bootstrap_primitive_strata_batches_and_means() -> None:
+    rng = np.random.default_rng(6)
+    u, s = rng.normal(size=(9, 4)), rng.normal(size=(5, 4))
+
+    def gap(mu: np.ndarray, ms: np.ndarray) -> np.ndarray:
+        return np.asarray((mu - ms).sum(axis=-1))
+
+    # strata drawn independently, stratum after stratum, per batch, in order of appearance
+    got = paired_bootstrap(
+        [u, s],
+        lambda x, y: gap(x.mean(1), y.mean(1)),
+        n_resamples=30,
+        seed=4,
+        strata=["u", "s"],
+        batch=16,
+    )
+    oracle_rng, chunks = np.random.default_rng(4), []
+    for size in (16, 14):
+        iu = oracle_rng.integers(0, 9, size=(size, 9))
+        is_ = oracle_rng.integers(0, 5, size=(size, 5))
+        chunks.append(gap(u[iu].mean(1), s[is_].mean(1)))
+    values = np.concatenate(chunks)
+    assert got == tuple(float(v) for v in np.percentile(values, [TAIL_95, 100 - TAIL_95]))
+    # means=True: multinomial counts / n as weights; the statistic gets resample means
+    got = paired_bootstrap([u, s], gap, n_resamples=30, seed=4, strata=[0, 1], means=True)
+    oracle_rng = np.random.default_rng(4)
+    wu = oracle_rng.multinomial(9, np.full(9, 1 / 9), size=30) / 9
+    ws = oracle_rng.multinomial(5, np.full(5, 1 / 5), size=30) / 5
+    values = gap(wu @ u, ws @ s)
+    assert got == tuple(float(v) for v in np.percentile(values, [TAIL_95, 100 - TAIL_95]))
+
+
+def test_paired_bootstrap_primitive_undefined_resamples_and_errors() -> None:
+    x = np.array([0.0, 0.0, 1.0])
+
+    def ratio(a: np.ndarray) -> np.ndarray:
+        den = a.sum(axis=1)
+        return np.divide(1.0, den, out=np.full(den.shape, np.nan), where=den > 0)
+
+    # resamples without the 1 are undefined (NaN) and dropped: the rest are 1/k, k = 1..3
+    low, high = paired_bootstrap([x], ratio, n_resamples=500, seed=0) or (0.0, 0.0)
+    assert 1 / 3 <= low <= high <= 1.0
+    never = paired_bootstrap([np.zeros(3)], ratio, n_resamples=50, seed=0)
+    assert never is None
+    assert paired_bootstrap([x], ratio, n_resamples=0, seed=0) is None
+    with pytest.raises(ValueError):
+        paired_bootstrap([x], ratio, n_resamples=-1, seed=0)
+    with pytest.raises(ValueError):
+        paired_bootstrap([x, np.ones(4)], _mean_difference, n_resamples=5, seed=0)
+    with pytest.raises(ValueError):
+        paired_bootstrap([np.array([])], ratio, n_resamples=5, seed=0)
+    with pytest.raises(ValueError):
+        paired_bootstrap([x], ratio, n_resamples=5, seed=0, strata=[0, 1])
+    with pytest.raises(ValueError):
+        paired_bootstrap([], ratio, n_resamples=5, seed=0)

@@ -27,6 +27,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from audit.results import MetricRowT, ModelRowT
+from audit.stats import paired_bootstrap
 
 __all__ = ["KINDS", "SuccessionRowT", "succession_ratio", "succession_rows"]
 
@@ -70,15 +71,18 @@ def succession_ratio(
     ratio = float(a.sum() / b.sum())
     if a.size < 2:
         return ratio, None, None
-    index = np.random.default_rng(seed).integers(0, a.size, size=(n_resamples, a.size))
-    num, den = a[index].sum(axis=1), b[index].sum(axis=1)
-    keep = den > 0
-    if not keep.any():
+    ci = paired_bootstrap(
+        [a, b], _resample_ratio, n_resamples=n_resamples, seed=seed, confidence=confidence
+    )
+    if ci is None:
         return ratio, None, None
-    ratios = num[keep] / den[keep]
-    tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return ratio, float(low), float(high)
+    return ratio, ci[0], ci[1]
+
+
+def _resample_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per resample (rows), ``sum(a) / sum(b)``; NaN (dropped) where ``sum(b)`` is not > 0."""
+    num, den = a.sum(axis=1), b.sum(axis=1)
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
 
 def _values(

@@ -24,12 +24,13 @@ together, stratified by task; seeded), over the items scored on every model of t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
 import numpy as np
 
 from audit.results import ModelRowT
+from audit.stats import paired_bootstrap
 
 __all__ = [
     "ForgettingRowT",
@@ -135,15 +136,6 @@ def _item_values(
     return out
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None, None
-    tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def _empty_row(
     evaluator: str, lineage: list[str], tasks: list[str], error: str | None = None
 ) -> ForgettingRowT:
@@ -192,14 +184,30 @@ def _lineage_row(
     matrix = np.array(row["matrix"], dtype=float)
     row["bwt"] = float(backward_transfer(matrix))
     row["forgetting"] = float(forgetting_measure(matrix))
-    rng = np.random.default_rng(seed)
-    boot = np.empty((n_resamples, len(lineage), len(tasks)))
-    for i, block in enumerate(blocks):
-        index = rng.integers(0, block.shape[1], size=(n_resamples, block.shape[1]))
-        boot[:, :, i] = block[:, index].mean(axis=-1).T
-    row["bwt_ci_low"], row["bwt_ci_high"] = _interval(backward_transfer(boot), confidence)
-    low, high = _interval(forgetting_measure(boot), confidence)
-    row["forgetting_ci_low"], row["forgetting_ci_high"] = low, high
+    # one (items × models) array per task: an item's outcomes on the lineage's models are
+    # resampled together; each task's items separately (one stratum per task)
+    arrays = [block.T for block in blocks]
+    shape = (len(lineage), len(tasks))
+
+    def interval(measure: Callable[[np.ndarray], Any]) -> tuple[float | None, float | None]:
+        def statistic(*resampled: np.ndarray) -> np.ndarray:
+            boot = np.empty((resampled[0].shape[0], *shape))  # resample × step × task
+            for i, outcomes in enumerate(resampled):  # (resamples, items, models)
+                boot[:, :, i] = outcomes.mean(axis=1)
+            return np.asarray(measure(boot))
+
+        ci = paired_bootstrap(
+            arrays,
+            statistic,
+            n_resamples=n_resamples,
+            seed=seed,
+            confidence=confidence,
+            strata=range(len(tasks)),
+        )
+        return ci or (None, None)
+
+    row["bwt_ci_low"], row["bwt_ci_high"] = interval(backward_transfer)
+    row["forgetting_ci_low"], row["forgetting_ci_high"] = interval(forgetting_measure)
     return row
 
 

@@ -83,31 +83,32 @@ def bootstrap_direction_cosine(
     Each resample draws the unsafe and the safe prompts with replacement (separately, with a
     generator seeded with ``seed``) and recomputes both models' directions on the same drawn
     prompts, so the two models stay paired. ``None`` when ``n_resamples`` is 0 or no resample
-    gives a defined cosine.
+    gives a defined cosine. Computed by :func:`audit.stats.paired_bootstrap` (unsafe and safe
+    prompts as two strata, multinomial draws in batches of 256, ``numpy.quantile`` ends).
     """
     import numpy as np
 
+    from audit.stats import paired_bootstrap
+
     if n_resamples < 1:
         return None
-    rng = np.random.default_rng(seed)
-    ua, sa = unsafe_a.astype(np.float64), safe_a.astype(np.float64)
-    ub, sb = unsafe_b.astype(np.float64), safe_b.astype(np.float64)
-    nu, ns = ua.shape[0], sa.shape[0]
-    values: list[np.ndarray] = []
-    for start in range(0, n_resamples, _RESAMPLE_CHUNK):
-        size = min(_RESAMPLE_CHUNK, n_resamples - start)
-        wu = rng.multinomial(nu, np.full(nu, 1.0 / nu), size=size) / nu  # (size, nu)
-        ws = rng.multinomial(ns, np.full(ns, 1.0 / ns), size=size) / ns
-        da = _unit_direction(wu @ ua, ws @ sa)
-        db = _unit_direction(wu @ ub, ws @ sb)
-        values.append(np.clip(np.sum(da * db, axis=1), -1.0, 1.0))
-    cos = np.concatenate(values)
-    cos = cos[np.isfinite(cos)]
-    if cos.size == 0:
-        return None
+
+    def cosines(mu_a: np.ndarray, ms_a: np.ndarray, mu_b: np.ndarray, ms_b: np.ndarray) -> Any:
+        # resample means (resamples × hidden) of unsafe_a, safe_a, unsafe_b, safe_b
+        da, db = _unit_direction(mu_a, ms_a), _unit_direction(mu_b, ms_b)
+        return np.clip(np.sum(da * db, axis=1), -1.0, 1.0)
+
     alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(cos, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    return paired_bootstrap(
+        [a.astype(np.float64) for a in (unsafe_a, safe_a, unsafe_b, safe_b)],
+        cosines,
+        n_resamples=n_resamples,
+        seed=seed,
+        strata=["unsafe", "safe", "unsafe", "safe"],
+        means=True,
+        batch=_RESAMPLE_CHUNK,
+        quantiles=(alpha, 1.0 - alpha),
+    )
 
 
 def _text_config(model: Any) -> Any:
