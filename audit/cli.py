@@ -31,14 +31,14 @@ from audit.errors import EXIT_CRASHED, EXIT_INVALID, EXIT_OK, AuditError
 from audit.terminal import escape  # markup escaped and control characters made visible
 
 if TYPE_CHECKING:
-    from audit.suite.schema import Suite
+    from audit.suite.suite import Suite
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
 
 
 def _load(path: str) -> Suite:
-    from audit.suite.schema import load_suite
+    from audit.suite.checks import load_suite
 
     return load_suite(path)
 
@@ -248,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     results = load_results(results_path)
     samples_path = results_path.with_name("samples.jsonl")
     present = samples_path.exists() or samples_path.is_symlink()
-    samples = load_samples(samples_path, results.get("run_id")) if present else []
+    samples = load_samples(samples_path, results.run_id) if present else []
     out = Path(args.out) if args.out else results_path.with_name("index.html")
     try:
         render_report(results, samples, out)  # written whole or not at all
@@ -472,7 +472,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``audit`` command."""
-    from audit.suite.schema import SuiteError
+    from audit.suite.checks import SuiteError
 
     args = parser().parse_args(argv)
     try:

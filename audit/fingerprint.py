@@ -42,7 +42,7 @@ def data_fingerprints(params: Params | None, suite_dir: Path, hash_cache: Path) 
     """``{spec: fingerprint}`` of every data set and local file ``params`` name."""
     if params is None:
         return {}
-    from audit.suite.schema import data_refs
+    from audit.suite.refs import data_refs
 
     specs = {spec for _, spec, _ in data_refs(params) if isinstance(spec, str)}
     specs |= set(_strings(params.model_dump(mode="json")))

@@ -22,7 +22,8 @@ from typing import Any
 from audit import registry
 from audit.fingerprint import data_fingerprints
 from audit.plugins import Params
-from audit.suite.schema import ModelSpec, Suite
+from audit.suite.schema import ModelSpec
+from audit.suite.suite import Suite
 
 KEY_VERSION = "2"
 

@@ -20,12 +20,16 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
-from audit.errors import InputError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+from audit.errors import EXIT_CRASHED, EXIT_GATE_FAILED, EXIT_OK, InputError
+
+SCHEMA_VERSION = 2
+"""2: plug-in analysis tables moved into ``analyses`` (version 1 files are still read)."""
 
 
 class ModelRowT(TypedDict):
@@ -117,8 +121,6 @@ class ResultsError(InputError, ValueError):
     """A results file that cannot be read as one (a command reading it exits 2)."""
 
 
-_TABLES = ("models", "metrics", "comparisons", "gates", "failures", "steps", "evaluators")
-_METRIC_KEYS = ("model", "evaluator", "metric", "slice", "value")
 _SAMPLE_KEYS = ("model", "evaluator", "metric", "item_id", "value")
 
 
@@ -172,38 +174,286 @@ def _parse(text: str, path: Path, what: str, line: int | None = None) -> Any:
     return value
 
 
-def check_results(data: Any, label: str) -> dict[str, Any]:
-    """``data`` if it has the shape of a run's results.json, else :class:`ResultsError`."""
-    if not isinstance(data, dict):
+# --------------------------------------------------------------------------- the typed model
+
+StepStatus = Literal["ok", "failed", "skipped", "pending"]
+"""How a step (or the model it built) ended; ``pending`` only while a run is in progress."""
+
+Verdict = Literal["pass", "fail", "error"]
+"""A run's verdict; see :func:`verdict_of`."""
+
+VERDICTS: dict[int, Verdict] = {EXIT_OK: "pass", EXIT_GATE_FAILED: "fail", EXIT_CRASHED: "error"}
+
+
+def exit_code(gates: Sequence[Mapping[str, Any]], failures: Sequence[object]) -> int:
+    """The one verdict rule: 3 if a step crashed, else 1 if a gate failed, else 0."""
+    if failures:
+        return EXIT_CRASHED
+    return EXIT_GATE_FAILED if any(not g.get("passed") for g in gates) else EXIT_OK
+
+
+def verdict_of(code: int) -> Verdict:
+    """``pass`` / ``fail`` / ``error`` for an exit code of :func:`exit_code`."""
+    return VERDICTS.get(code, "error")
+
+
+Number = Annotated[float, Field(strict=True)]
+"""A JSON number (ints are accepted; booleans and numeric strings are not)."""
+
+
+class Row(BaseModel):
+    """A table row of results.json. Columns may be added (later versions, plug-ins), never
+    renamed: unknown columns are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ModelRow(Row):
+    """A model of the suite: where it came from and how its step ended."""
+
+    name: str
+    """The model's name in the suite (a sweep member: ``base[param=value]``)."""
+    key: str = ""
+    """Its step key in the store (content address of its inputs)."""
+    parents: list[str] = []
+    """The models it was made from (``from`` / ``models``), in order."""
+    source: str | None = None
+    """``hf:`` / ``path:`` / ``organism:`` source of a loaded model."""
+    intervention: str | None = None
+    """The intervention plug-in kind that made it."""
+    params: dict[str, Any] = {}
+    """The intervention's resolved parameters."""
+    status: StepStatus = "ok"
+    """How its step ended."""
+    training: dict[str, Any] | None = None
+    """What an intervention reported (steps, tokens, final loss, ...)."""
+    sweep: dict[str, Any] | None = None
+    """``{"base", "param", "value"}`` for a member of a sweep."""
+
+
+class MetricRow(Row):
+    """One value of one metric of one evaluator on one model and slice."""
+
+    model: str
+    evaluator: str
+    """The evaluator's name in the suite."""
+    metric: str
+    slice: str
+    """``all`` or a slice of the data (a category, a task)."""
+    value: Number
+    ci_low: Number | None = None
+    """Lower end of the 95% interval (``None``: no interval)."""
+    ci_high: Number | None = None
+    n: int = 0
+    """Items the value is computed over."""
+    higher_is_better: bool = True
+
+
+class ComparisonRow(Row):
+    """A model against a baseline on one metric and slice, paired on the same items."""
+
+    model: str
+    baseline: str
+    relation: str = "parent"
+    """Why the pair is compared: ``parent`` | ``compare`` | ``reference`` | ``gate``
+    (``release`` in ``audit compare``)."""
+    evaluator: str = ""
+    metric: str = ""
+    slice: str = "all"
+    before: Number | None = None
+    after: Number | None = None
+    delta: Number | None = None
+    """``after - before``."""
+    ci_low: Number | None = None
+    ci_high: Number | None = None
+    n: int = 0
+    """Paired items."""
+    p_value: Number | None = None
+    test: str = "unpaired"
+    """``mcnemar_exact`` | ``paired_bootstrap`` | ``unpaired``."""
+    higher_is_better: bool = True
+
+
+class GateRow(Row):
+    """One release gate checked on one model (and baseline)."""
+
+    name: str = ""
+    rule: str = ""
+    """The rule in words (``max_drop 0.05``)."""
+    model: str = ""
+    baseline: str | None = None
+    passed: bool = False
+    observed: Number | None = None
+    threshold: Number | None = None
+    detail: str = ""
+    mode: str = "estimate"
+    """``estimate`` | ``significant`` | ``non_inferiority``."""
+    p_value: Number | None = None
+    p_adjusted: Number | None = None
+    """After the run's multiple-comparison correction."""
+    n_needed: int | None = None
+    """Paired items for the 95% interval to fit the margin (relative rules)."""
+
+
+class FailureRow(Row):
+    """A step that raised."""
+
+    step: str = ""
+    error: str = ""
+    traceback: str = ""
+
+
+class StepRow(Row):
+    """How one step of the plan went."""
+
+    step: str = ""
+    kind: str = ""
+    """``model`` | ``eval``."""
+    key: str = ""
+    status: StepStatus = "ok"
+    cached: bool = False
+    duration_s: Number = 0.0
+
+
+class MetricInfoRow(Row):
+    """A metric an evaluator declares (:class:`audit.plugins.MetricSpec`)."""
+
+    name: str = ""
+    higher_is_better: bool = True
+    description: str = ""
+    kind: str = "rate"
+    """``rate`` (0/1 items) | ``mean`` (real-valued items)."""
+    headline: bool = True
+
+
+class EvaluatorRow(Row):
+    """An evaluator of the suite, with its plug-in kind, version and declared metrics."""
+
+    name: str = ""
+    kind: str = ""
+    version: str = ""
+    params: dict[str, Any] | None = None
+    metrics: list[MetricInfoRow] = []
+
+
+class SuiteInfo(Row):
+    """The suite that ran."""
+
+    name: str = ""
+    title: str = ""
+    path: str = ""
+    hash: str = ""
+    """SHA-256 of the suite file."""
+    text: str | None = None
+    """The suite file as written."""
+    reference: str | None = None
+    parsed: dict[str, Any] = {}
+    """The validated suite, as JSON."""
+
+
+TableName = Literal["models", "evaluators", "metrics", "comparisons", "gates", "failures", "steps"]
+
+
+class Results(BaseModel):
+    """A run's ``results.json``: the contract every reader (report, gallery, CI outputs,
+    release comparison) reads through :func:`parse_results`.
+
+    Version 2 moved plug-in analysis tables (``succession``, ``forgetting``) into
+    :attr:`analyses`; version-1 files are read with them moved there.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str | None = None
+    """Random id written into results.json and every samples.jsonl row (they must agree)."""
+    verdict: Verdict | None = None
+    """``pass`` / ``fail`` / ``error``; when absent it is derived (:meth:`verdict_text`)."""
+    exit_code: int | None = None
+    suite: SuiteInfo = SuiteInfo()
+    environment: dict[str, Any] = {}
+    """Versions and settings (audit, python, torch, ..., seed, device, started/finished_at)."""
+    models: list[ModelRow] = []
+    evaluators: list[EvaluatorRow] = []
+    metrics: list[MetricRow] = []
+    comparisons: list[ComparisonRow] = []
+    scaling: list[dict[str, Any]] = []
+    """Fitted scaling laws (:mod:`audit.analysis.scaling`)."""
+    analyses: dict[str, list[dict[str, Any]]] = {}
+    """Tables of evaluators' cross-model analyses, by table name (e.g. ``succession`` of the
+    ``backdoor`` evaluator, ``forgetting`` of the ``forgetting`` evaluator)."""
+    gates: list[GateRow] = []
+    failures: list[FailureRow] = []
+    steps: list[StepRow] = []
+
+    def code(self) -> int:
+        """The exit code: the run's own, else derived by :func:`exit_code`."""
+        if self.exit_code is not None:
+            return self.exit_code
+        if self.verdict is not None:
+            return {v: k for k, v in VERDICTS.items()}[self.verdict]
+        return exit_code(self.rows("gates"), self.failures)
+
+    def verdict_text(self) -> str:
+        """``PASS`` / ``FAIL`` / ``ERROR``: the run's own verdict, else derived."""
+        if self.verdict is not None:
+            return self.verdict.upper()
+        return verdict_of(exit_code(self.rows("gates"), self.failures)).upper()
+
+    def rows(self, table: TableName) -> list[dict[str, Any]]:
+        """A table's rows as plain dicts (checked columns and any added ones)."""
+        return [r.model_dump() for r in getattr(self, table)]
+
+    def table(self, name: str) -> list[dict[str, Any]]:
+        """An analysis table by name (empty when the run has none)."""
+        return self.analyses.get(name, [])
+
+
+ANALYSIS_TABLES_V1 = ("succession", "forgetting")
+"""Analysis tables version 1 kept at the top level of results.json."""
+
+
+def parse_results(data: Any, label: str, *, written: bool = False) -> Results:
+    """``data`` as :class:`Results`, or :class:`ResultsError` naming the first wrong field.
+
+    ``written``: ``data`` must be a results.json written by ``audit run`` (it has
+    ``schema_version``, ``suite`` and ``metrics``); else missing parts take their defaults (a
+    partial results dict, as tests and plug-in authors write them).
+    """
+    if isinstance(data, Results):
+        return data
+    if not isinstance(data, Mapping):
         raise ResultsError(f"{label}: not a results.json (a JSON object was expected)")
-    missing = [k for k in ("schema_version", "suite", "metrics") if k not in data]
-    if missing:
+    if written:
+        missing = [k for k in ("schema_version", "suite", "metrics") if k not in data]
+        if missing:
+            raise ResultsError(
+                f"{label}: not a results.json written by `audit run` (missing {', '.join(missing)})"
+            )
+    data = dict(data)
+    version = data.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ResultsError(
-            f"{label}: not a results.json written by `audit run` (missing {', '.join(missing)})"
+            f"{label}: results schema {version} is newer than this audit reads "
+            f"({SCHEMA_VERSION}); upgrade audit"
         )
-    if not isinstance(data["suite"], dict):
-        raise ResultsError(f"{label}: suite is not an object")
-    for table in _TABLES:
-        rows = data.get(table, [])
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ResultsError(f"{label}: {table} is not a list of rows")
-    for i, row in enumerate(data["metrics"]):
-        value = row.get("value")
-        if any(k not in row for k in _METRIC_KEYS) or not _number(value):
-            raise ResultsError(f"{label}: metrics[{i}] is not a metric row")
-    run_id = data.get("run_id")
-    if run_id is not None and not isinstance(run_id, str):
-        raise ResultsError(f"{label}: run_id is not a string")
-    return data
+    if "analyses" not in data:  # version 1: the tables sat at the top level
+        data["analyses"] = {k: data.pop(k) for k in ANALYSIS_TABLES_V1 if k in data}
+    try:
+        return Results.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        raise ResultsError(f"{label}: {where.lstrip('.') or 'results'}: {first['msg']}") from None
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
+def load_results(path: str | Path) -> Results:
     """Read and check a ``results.json`` written by a run (:class:`ResultsError` if not one)."""
-    return check_results(read_json_file(path, "results.json"), str(path))
+    return parse_results(read_json_file(path, "results.json"), str(path), written=True)
 
 
 def load_samples(path: str | Path, run_id: str | None = None) -> list[SampleRowT]:

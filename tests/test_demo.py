@@ -110,7 +110,7 @@ def test_demo_shows_drift_and_fails_its_gate(
     assert metric("merged_dam", "asr")["value"] < metric("merged_ties", "asr")["value"]
     clean = [metric(m, "clean_accuracy")["value"] for m in ("merged_dam", "merged_ties")]
     assert abs(clean[0] - clean[1]) <= 0.02
-    kinds = {(r["kind"], r["model"], r["contributor"]) for r in results["succession"]}
+    kinds = {(r["kind"], r["model"], r["contributor"]) for r in results["analyses"]["succession"]}
     assert ("succession", "merged_ta", "sentiment_bd") in kinds
     assert any(kind == "transfer" for kind, _, _ in kinds)
     assert 'id="backdoors"' in html
@@ -129,7 +129,7 @@ def test_demo_shows_drift_and_fails_its_gate(
         assert row["delta"] >= -0.05, task
 
     # The continual sequence: BWT and forgetting for each method, lm-eval's task measured.
-    lineages = {tuple(r["lineage"]): r for r in results["forgetting"]}
+    lineages = {tuple(r["lineage"]): r for r in results["analyses"]["forgetting"]}
     assert len(lineages) == 3
     for row in lineages.values():
         assert row["error"] is None and row["bwt"] is not None and row["forgetting"] is not None

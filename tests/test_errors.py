@@ -17,7 +17,7 @@ from audit.report.gallery import GalleryError
 from audit.resources import DiskSpaceError
 from audit.results import ResultsError
 from audit.store.core import NotAStoreError, StoreError
-from audit.suite.schema import SuiteError
+from audit.suite.checks import SuiteError
 
 INPUT = [DataError, CheckpointNotFoundError, UnsafeCheckpointError, CompareError, GalleryError,
          ResultsError, NotAStoreError, SuiteError]  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from audit.cli import main
 from audit.models.loading import UnsafeCheckpointError
 from audit.plan import build_plan
-from audit.suite.schema import load_suite
+from audit.suite.checks import load_suite
 
 
 def _write_suite(tmp_path: Path, tiny: Path) -> Path:

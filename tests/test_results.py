@@ -35,7 +35,7 @@ def test_a_run_writes_one_run_id_into_both_files(tmp_path: Path) -> None:
 
     run = _write_run(tmp_path / "a", "r1", "r1")
     results = load_results(run / "results.json")
-    samples = load_samples(run / "samples.jsonl", results["run_id"])
+    samples = load_samples(run / "samples.jsonl", results.run_id)
     out = write_outputs(tmp_path / "out", results, samples).parent
     assert load_samples(out / "samples.jsonl", "r1")
 
@@ -59,7 +59,7 @@ def test_samples_of_another_run_are_refused_by_every_reader(
 
 def test_results_of_an_older_audit_without_run_id_still_load(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "legacy", None, None)
-    assert "run_id" not in load_results(run / "results.json")
+    assert load_results(run / "results.json").run_id is None
     assert load_samples(run / "samples.jsonl", None)
     assert main(["report", str(run / "results.json")]) == 0
 

@@ -14,14 +14,22 @@ from typing import Any
 
 from audit import __version__, registry
 from audit.analysis.baselines import all_comparisons
-from audit.analysis.gates import evaluate_gates, exit_code
+from audit.analysis.gates import evaluate_gates
 from audit.analysis.scaling import scaling_fits
 from audit.backdoor.succession import succession_rows
 from audit.continual.forgetting import forgetting_rows
 from audit.faults import fault_point
 from audit.files import atomic_write_text
 from audit.plan import Plan, params_json
-from audit.results import SCHEMA_VERSION, MetricRowT, ModelRowT, SampleRowT
+from audit.results import (
+    SCHEMA_VERSION,
+    MetricRowT,
+    ModelRowT,
+    Results,
+    SampleRowT,
+    exit_code,
+    verdict_of,
+)
 from audit.runner import RunOutcome
 
 PACKAGES = ("torch", "transformers", "peft", "lm-eval", "pandas", "numpy", "scipy")
@@ -154,7 +162,7 @@ def assemble(
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
-        "verdict": {0: "pass", 1: "fail", 3: "error"}[code],
+        "verdict": verdict_of(code),
         "exit_code": code,
         "suite": {
             "name": suite.name,
@@ -171,8 +179,7 @@ def assemble(
         "metrics": metrics,
         "comparisons": comparisons,
         "scaling": scaling,
-        "succession": succession,
-        "forgetting": forgetting,
+        "analyses": {"succession": succession, "forgetting": forgetting},
         "gates": gates,
         "failures": failures,
         "steps": [asdict(s) for s in outcome.steps],
@@ -180,8 +187,12 @@ def assemble(
     return results, samples
 
 
-def write_outputs(out_dir: Path, results: dict[str, Any], samples: list[SampleRowT]) -> Path:
+def write_outputs(
+    out_dir: Path, results: Results | dict[str, Any], samples: list[SampleRowT]
+) -> Path:
     """Write samples.jsonl, index.html and, last, results.json (each atomically)."""
+    if isinstance(results, Results):
+        results = results.model_dump(mode="json")
     from audit.report.render import render_report
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from audit.errors import EXIT_CRASHED, EXIT_GATE_FAILED, EXIT_OK
 from audit.results import ComparisonRowT, GateRowT, MetricRowT
-from audit.suite.schema import GateSpec, Suite, match_models
+from audit.suite.pairs import gate_pairs
+from audit.suite.schema import GateSpec
 
 if TYPE_CHECKING:
     from audit.plan import Plan
@@ -236,31 +236,6 @@ def relative_gate(
 _CORRECTION_NAMES = {"holm": "Holm", "bh": "BH", "none": ""}
 
 
-def gate_pairs(suite: Suite, gate: GateSpec) -> list[tuple[str, str | None]]:
-    """(model, baseline) pairs a gate checks; the baseline is ``None`` for ``min`` / ``max``.
-
-    Models: those the gate's ``models`` select among the models its evaluator runs on.
-    Baselines: the reference (unless it is the model itself), the model's parents, or the
-    model ``vs`` names (unless it is the model itself).
-    """
-    ename = gate.metric.partition(".")[0]
-    if ename not in suite.file.evaluators:
-        return []
-    models = match_models(gate.models, suite.evaluated_models(ename), suite.sweeps)
-    if not gate.relative:
-        return [(m, None) for m in models]
-    pairs: list[tuple[str, str | None]] = []
-    for model in models:
-        if gate.vs == "reference":
-            baselines = [suite.reference]
-        elif gate.vs == "parent":
-            baselines = suite.dependencies(model)
-        else:
-            baselines = [gate.vs]
-        pairs += [(model, b) for b in baselines if b != model]
-    return pairs
-
-
 def gated_models(plan: Plan, gate: GateSpec) -> list[str]:
     """The models a gate checks: those its ``models`` select that its evaluator runs on."""
     return list(dict.fromkeys(m for m, _ in gate_pairs(plan.suite, gate)))
@@ -359,10 +334,3 @@ def metric_key(gate: GateSpec) -> tuple[str, str, str]:
     """(evaluator, metric, slice) of the rows a gate reads."""
     ename, _, metric = gate.metric.partition(".")
     return ename, metric, gate.slice
-
-
-def exit_code(gates: Sequence[GateRowT], failures: Sequence[object]) -> int:
-    """3 if a step crashed, else 1 if a gate failed, else 0."""
-    if failures:
-        return EXIT_CRASHED
-    return EXIT_GATE_FAILED if any(not g["passed"] for g in gates) else EXIT_OK

@@ -13,7 +13,7 @@ less comparable (evaluator versions or parameters, item sets, missing samples or
 
 Gates (:mod:`audit.release.gates`) are those of the NEW run's suite unless given. The output
 dict is what ``comparison.json`` holds; its ``exit_code`` follows the run's rules
-(:func:`audit.analysis.gates.exit_code`): 3 when the NEW run has failed steps, else 1 when a gate
+(:func:`audit.results.exit_code`): 3 when the NEW run has failed steps, else 1 when a gate
 failed.
 """
 
@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from audit.analysis.gates import exit_code
 from audit.plugins import MetricSpec, Sample
 from audit.release.gates import correction_of, gates_of, release_gates
 from audit.release.io import (
@@ -44,12 +43,12 @@ from audit.release.io import (
     validate_run,
     write_comparison,
 )
-from audit.results import SCHEMA_VERSION, ComparisonRowT
+from audit.results import SCHEMA_VERSION, ComparisonRowT, Results, exit_code, verdict_of
 from audit.stats import ComparisonStats, compare_rows, compare_samples
-from audit.suite.schema import GateSpec, Sweep
+from audit.suite.schema import GateSpec
+from audit.suite.sweeps import Sweep
 
 RELATION = "release"
-VERDICTS = {0: "pass", 1: "fail", 3: "error"}
 
 __all__ = [
     "KIND",
@@ -85,8 +84,8 @@ def _paired(
 
 
 def _compare(
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
+    old: Results,
+    new: Results,
     matched: list[tuple[str, str]],
     old_samples: dict[tuple, list[Sample]],
     new_samples: dict[tuple, list[Sample]],
@@ -150,10 +149,9 @@ def _compare(
 # --- warnings -------------------------------------------------------------------------------
 
 
-def _evaluator_warnings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    def index(run: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-        evs = run.get("evaluators") or []
-        return {str(e.get("name")): e for e in evs if isinstance(e, Mapping)}
+def _evaluator_warnings(old: Results, new: Results) -> list[str]:
+    def index(run: Results) -> dict[str, Mapping[str, Any]]:
+        return {e.name: e.model_dump() for e in run.evaluators}
 
     before, after, out = index(old), index(new), []
     for name, e in after.items():
@@ -200,20 +198,23 @@ def _coverage_warnings(coverage: list[dict[str, Any]]) -> list[str]:
 
 
 def _run_warnings(
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
+    old: Results,
+    new: Results,
     unmatched: Mapping[str, list[str]],
     samples: tuple[Sequence[Any], Sequence[Any]],
 ) -> list[str]:
     out = _evaluator_warnings(old, new)
     for label, run, rows in (("old", old, samples[0]), ("new", new, samples[1])):
-        if run["metrics"] and not rows:
+        if run.metrics and not rows:
             out.append(f"the {label} run has no samples: its comparisons are unpaired")
-        if run.get("schema_version") != SCHEMA_VERSION:
-            out.append(f"the {label} run has results schema {run.get('schema_version')!r}")
-    if old.get("failures"):
-        out.append(f"the old run had {len(old['failures'])} failed step(s)")
-    if str(new.get("verdict", "")).lower() == "fail":
+    if old.schema_version != new.schema_version:
+        out.append(
+            f"the runs have results schemas {old.schema_version} (old) and "
+            f"{new.schema_version} (new); both are read as {SCHEMA_VERSION}"
+        )
+    if old.failures:
+        out.append(f"the old run had {len(old.failures)} failed step(s)")
+    if new.verdict == "fail":
         out.append("the new run's own gates failed (see its report)")
     for side in ("old", "new"):
         if unmatched[side]:
@@ -226,9 +227,9 @@ def _run_warnings(
 
 
 def compare_runs(
-    old: Mapping[str, Any],
+    old: Results | Mapping[str, Any],
     old_samples: Sequence[Mapping[str, Any]],
-    new: Mapping[str, Any],
+    new: Results | Mapping[str, Any],
     new_samples: Sequence[Mapping[str, Any]],
     *,
     pairs: Mapping[str, str] | None = None,
@@ -246,8 +247,26 @@ def compare_runs(
     ``significant`` gates for multiplicity. Raises :class:`CompareError` on input that is not a
     run's results.
     """
-    validate_run(old, old_path or "old run")
-    validate_run(new, new_path or "new run")
+    old_run = validate_run(old, old_path or "old run")
+    new_run = validate_run(new, new_path or "new run")
+    return _comparison(
+        old_run, old_samples, new_run, new_samples, pairs, gates, sweeps, correction,
+        old_path, new_path,
+    )  # fmt: skip
+
+
+def _comparison(
+    old: Results,
+    old_samples: Sequence[Mapping[str, Any]],
+    new: Results,
+    new_samples: Sequence[Mapping[str, Any]],
+    pairs: Mapping[str, str] | None,
+    gates: Sequence[GateSpec] | None,
+    sweeps: Mapping[str, Sweep] | None,
+    correction: str | None,
+    old_path: str | None,
+    new_path: str | None,
+) -> dict[str, Any]:
     matched = pair_models(old, new, pairs)
     comparisons, coverage = _compare(
         old, new, matched, run_samples(old_samples, "old"), run_samples(new_samples, "new")
@@ -274,22 +293,22 @@ def compare_runs(
         warnings=warnings,
         correction=correction_of(new) if correction is None else correction,
     )
-    failures = [dict(f) for f in new.get("failures") or [] if isinstance(f, Mapping)]
+    failures = new.rows("failures")
     code = exit_code(gate_rows, failures)
-    suite = new["suite"]
+    suite = new.suite
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": KIND,
-        "verdict": VERDICTS[code],
+        "verdict": verdict_of(code),
         "exit_code": code,
-        "suite": {"name": suite.get("name"), "title": suite.get("title") or suite.get("name")},
+        "suite": {"name": suite.name, "title": suite.title or suite.name},
         "old": run_info(old, old_path),
         "new": run_info(new, new_path),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "gates_from": "the new run's suite" if gates is None else "given by the caller",
         "pairs": [{"new": n, "old": o} for n, o in matched],
         "unmatched": unmatched,
-        "evaluators": [e for e in new.get("evaluators") or [] if isinstance(e, Mapping)],
+        "evaluators": new.rows("evaluators"),
         "comparisons": comparisons,
         "coverage": coverage,
         "gates": gate_rows,
@@ -308,13 +327,13 @@ def compare_paths(
     """:func:`compare_runs` on two runs on disk: each a ``results.json`` or its directory, with
     ``samples.jsonl`` read from beside it when present. ``suite``: take the gates (and sweeps)
     from this suite file instead of the NEW run's suite. Raises :class:`CompareError`, or
-    :class:`audit.suite.schema.SuiteError` for an invalid suite file.
+    :class:`audit.suite.checks.SuiteError` for an invalid suite file.
     """
     old_run, old_samples, old_path = load_run(old)
     new_run, new_samples, new_path = load_run(new)
     gates, sweeps, correction = None, None, None
     if suite is not None:
-        from audit.suite.schema import load_suite
+        from audit.suite.checks import load_suite
 
         loaded = load_suite(suite, release=True)
         gates, sweeps = list(loaded.file.gates), loaded.sweeps

@@ -8,7 +8,7 @@ The gates are a suite's ``[[gates]]`` (by default the NEW run's). For a release 
   change has no p-value and no interval, so a ``significant`` or ``non_inferiority`` gate whose
   change exceeds its threshold fails closed on it);
 - absolute rules (``min`` / ``max``) apply to the NEW run's values;
-- a gate's ``models`` patterns are resolved (:func:`audit.suite.schema.match_models`,
+- a gate's ``models`` patterns are resolved (:func:`audit.suite.sweeps.match_models`,
   sweeps included)
   over the models its evaluator ran on in either run, OLD names translated to NEW ones by the
   pairs; a gated model missing from a run fails the gate with a detail that says so, and a gate
@@ -21,7 +21,6 @@ The row logic is :func:`audit.analysis.gates.absolute_gate` /
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from audit.analysis.gates import (
     absolute_gate_on_row,
@@ -32,14 +31,14 @@ from audit.analysis.gates import (
     relative_gate,
 )
 from audit.release.io import run_models
-from audit.results import ComparisonRowT, GateRowT
-from audit.suite.schema import GateSpec, Sweep, match_models
+from audit.results import ComparisonRowT, GateRowT, Results
+from audit.suite.schema import GateSpec
+from audit.suite.sweeps import Sweep, match_models
 
 
-def gates_of(run: Mapping[str, Any]) -> list[GateSpec]:
+def gates_of(run: Results) -> list[GateSpec]:
     """The gates of a run's suite (``suite.parsed.gates``). Raises ``ValueError`` if malformed."""
-    parsed = run["suite"].get("parsed")
-    raw = parsed.get("gates") if isinstance(parsed, Mapping) else None
+    raw = run.suite.parsed.get("gates")
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -47,17 +46,16 @@ def gates_of(run: Mapping[str, Any]) -> list[GateSpec]:
     return [GateSpec.model_validate(g) for g in raw]
 
 
-def _evaluated(run: Mapping[str, Any], evaluator: str, sweeps: Mapping[str, Sweep]) -> list[str]:
+def _evaluated(run: Results, evaluator: str, sweeps: Mapping[str, Sweep]) -> list[str]:
     """The models ``evaluator`` ran on in ``run``: its suite's ``models`` patterns, else the
     models with metric rows of it."""
     names = list(run_models(run))
-    parsed = run["suite"].get("parsed")
-    evaluators = parsed.get("evaluators") if isinstance(parsed, Mapping) else None
+    evaluators = run.suite.parsed.get("evaluators")
     spec = evaluators.get(evaluator) if isinstance(evaluators, Mapping) else None
     if isinstance(spec, Mapping):
         patterns = spec.get("models")
         return names if patterns is None else match_models(patterns, names, sweeps)
-    seen = {str(r["model"]) for r in run["metrics"] if r["evaluator"] == evaluator}
+    seen = {r.model for r in run.metrics if r.evaluator == evaluator}
     return [n for n in names if n in seen]
 
 
@@ -70,8 +68,8 @@ def _why(status: str | None, side: str, model: str) -> str | None:
 def _gated(
     gate: GateSpec,
     evaluator: str,
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
+    old: Results,
+    new: Results,
     to_new: Mapping[str, str],
     sweeps: Mapping[str, Sweep],
 ) -> list[str]:
@@ -87,18 +85,17 @@ def _gated(
     return [c for c in candidates if c in chosen] + [p for p in absent if p not in chosen]
 
 
-def correction_of(run: Mapping[str, Any]) -> str:
+def correction_of(run: Results) -> str:
     """The multiplicity correction of a run's suite (``suite.parsed.suite.correction``)."""
-    parsed = run["suite"].get("parsed")
-    meta = parsed.get("suite") if isinstance(parsed, Mapping) else None
+    meta = run.suite.parsed.get("suite")
     value = meta.get("correction") if isinstance(meta, Mapping) else None
     return value if value in ("holm", "bh", "none") else "none"
 
 
 def release_gates(
     gates: Sequence[GateSpec],
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
+    old: Results,
+    new: Results,
     matched: Mapping[str, str],
     comparisons: Sequence[ComparisonRowT],
     sweeps: Mapping[str, Sweep],
@@ -111,10 +108,7 @@ def release_gates(
     old_status, new_status = run_models(old), run_models(new)
     to_new = {o: n for n, o in matched.items()}
     rows_by_key = {(c["model"], c["evaluator"], c["metric"], c["slice"]): c for c in comparisons}
-    values = {
-        (str(r["model"]), str(r["evaluator"]), str(r["metric"]), str(r["slice"])): r
-        for r in new["metrics"]
-    }
+    values = {(r["model"], r["evaluator"], r["metric"], r["slice"]): r for r in new.rows("metrics")}
     todo = [
         (i, gate, model)
         for i, gate in enumerate(gates)

@@ -12,13 +12,13 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from audit.errors import InputError
 from audit.files import atomic_write_text
 from audit.plugins import MetricRow, MetricSpec, Sample
-from audit.results import ResultsError, check_results, load_samples, read_json_file
-from audit.suite.schema import Sweep
+from audit.results import Results, ResultsError, load_samples, parse_results, read_json_file
+from audit.suite.sweeps import Sweep
 
 KIND = "release_comparison"
 """``kind`` of a comparison.json, which is not a run's results."""
@@ -29,17 +29,22 @@ class CompareError(InputError, ValueError):
     """An input that is not a run's results (exit code 2)."""
 
 
-def validate_run(run: Any, label: str) -> None:
-    """Raise :class:`CompareError` unless ``run`` looks like a run's ``results.json``."""
-    if isinstance(run, Mapping) and run.get("kind") == KIND:
+def validate_run(run: Any, label: str) -> Results:
+    """``run`` read as a run's ``results.json`` (:func:`audit.results.parse_results`), else
+    :class:`CompareError`."""
+    if isinstance(run, Results):
+        kind = (run.model_extra or {}).get("kind")
+    else:
+        kind = run.get("kind") if isinstance(run, Mapping) else None
+    if kind == KIND:
         raise CompareError(f"{label} is a comparison.json; compare two runs' results.json files")
     try:
-        check_results(run, label)
+        return parse_results(run, label, written=True)
     except ResultsError as e:
         raise CompareError(str(e)) from None
 
 
-def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+def load_run(path: str | Path) -> tuple[Results, list[dict[str, Any]], Path]:
     """A run's results, its samples (none without ``samples.jsonl`` beside it) and the path read.
 
     ``path`` is a ``results.json`` or the directory holding one. Both files are read with
@@ -50,67 +55,60 @@ def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], Pa
     if p.is_dir():
         p = p / "results.json"
     try:
-        run = read_json_file(p, "results.json")
-        validate_run(run, str(p))
+        run = validate_run(read_json_file(p, "results.json"), str(p))
         sp = p.with_name("samples.jsonl")
         present = sp.exists() or sp.is_symlink()
-        samples = load_samples(sp, run.get("run_id")) if present else []
+        samples = load_samples(sp, run.run_id) if present else []
     except ResultsError as e:
         raise CompareError(str(e)) from None
     return run, [dict(s) for s in samples], p
 
 
-def run_models(run: Mapping[str, Any]) -> dict[str, str]:
+def run_models(run: Results) -> dict[str, str]:
     """Model name → status: the models table first, then models seen only in metric rows."""
-    out = {
-        str(m["name"]): str(m.get("status") or "ok")
-        for m in run.get("models") or []
-        if isinstance(m, Mapping) and "name" in m
-    }
-    for r in run.get("metrics") or []:
-        out.setdefault(str(r["model"]), "ok")
+    out: dict[str, str] = {m.name: m.status for m in run.models}
+    for r in run.metrics:
+        out.setdefault(r.model, "ok")
     return out
 
 
-def run_sweeps(run: Mapping[str, Any]) -> dict[str, Sweep]:
+def run_sweeps(run: Results) -> dict[str, Sweep]:
     """The sweeps of a run, rebuilt from its models' ``sweep`` columns."""
     members: dict[str, tuple[str, list[Any], list[str]]] = {}
-    for m in run.get("models") or []:
-        sweep = m.get("sweep") if isinstance(m, Mapping) else None
-        if isinstance(sweep, Mapping) and "base" in sweep:
+    for m in run.models:
+        sweep = m.sweep
+        if sweep is not None and "base" in sweep:
             entry = members.setdefault(str(sweep["base"]), (str(sweep.get("param")), [], []))
             entry[1].append(sweep.get("value"))
-            entry[2].append(str(m["name"]))
+            entry[2].append(m.name)
     return {
         base: Sweep(base, param, tuple(values), tuple(names))
         for base, (param, values, names) in members.items()
     }
 
 
-def run_info(run: Mapping[str, Any], path: str | None) -> dict[str, Any]:
+def run_info(run: Results, path: str | None) -> dict[str, Any]:
     """Who a run is: its suite, where it was read from, when it ran, and its own verdict."""
-    suite = run["suite"]
-    env = run.get("environment")
-    env = dict(env) if isinstance(env, Mapping) else {}
+    suite = run.suite
+    env = dict(run.environment)
     return {
-        "name": suite.get("name"),
-        "title": suite.get("title") or suite.get("name"),
-        "hash": suite.get("hash"),
-        "suite_path": suite.get("path"),
+        "name": suite.name,
+        "title": suite.title or suite.name,
+        "hash": suite.hash,
+        "suite_path": suite.path,
         "path": path,
         "started_at": env.get("started_at"),
         "finished_at": env.get("finished_at"),
-        "verdict": run.get("verdict"),
-        "exit_code": run.get("exit_code"),
+        "verdict": run.verdict,
+        "exit_code": run.exit_code,
         "audit": env.get("audit"),
-        "schema_version": run.get("schema_version"),
+        "schema_version": run.schema_version,
         "models": len(run_models(run)),
-        "failures": len(run.get("failures") or []),
+        "failures": len(run.failures),
         "environment": env,
         "evaluators": [
-            {k: e.get(k) for k in ("name", "kind", "version", "params")}
-            for e in run.get("evaluators") or []
-            if isinstance(e, Mapping)
+            {"name": e.name, "kind": e.kind, "version": e.version, "params": e.params}
+            for e in run.evaluators
         ],
     }
 
@@ -118,23 +116,23 @@ def run_info(run: Mapping[str, Any], path: str | None) -> dict[str, Any]:
 # --- the pieces of a run -------------------------------------------------------------------------
 
 
-def metric_specs(run: Mapping[str, Any]) -> dict[tuple[str, str], MetricSpec]:
+def metric_specs(run: Results) -> dict[tuple[str, str], MetricSpec]:
     """(evaluator, metric) → the metric's declared spec (``evaluators[].metrics``)."""
     out = {}
-    for e in run.get("evaluators") or []:
-        for m in (e.get("metrics") or []) if isinstance(e, Mapping) else []:
-            if isinstance(m, Mapping) and m.get("kind", "rate") in ("rate", "mean"):
-                hib, desc = bool(m.get("higher_is_better", True)), str(m.get("description", ""))
-                spec = MetricSpec(str(m.get("name")), hib, desc, m.get("kind", "rate"))
-                out[(str(e.get("name")), spec.name)] = spec
+    for e in run.evaluators:
+        for m in e.metrics:
+            if m.kind in ("rate", "mean"):
+                kind: Literal["rate", "mean"] = "mean" if m.kind == "mean" else "rate"
+                spec = MetricSpec(m.name, m.higher_is_better, m.description, kind)
+                out[(e.name, spec.name)] = spec
     return out
 
 
-def metric_rows(run: Mapping[str, Any]) -> dict[tuple[str, str, str], dict[str, Mapping]]:
+def metric_rows(run: Results) -> dict[tuple[str, str, str], dict[str, Mapping]]:
     """(model, evaluator, metric) → slice → metric row, in the run's order."""
     out: dict[tuple[str, str, str], dict[str, Mapping]] = defaultdict(dict)
-    for r in run["metrics"]:
-        out[(str(r["model"]), str(r["evaluator"]), str(r["metric"]))][str(r["slice"])] = r
+    for r in run.rows("metrics"):
+        out[(r["model"], r["evaluator"], r["metric"])][r["slice"]] = r
     return out
 
 
@@ -164,7 +162,7 @@ def metric_row(metric: str, r: Mapping[str, Any]) -> MetricRow:
 
 
 def pair_models(
-    old: Mapping[str, Any], new: Mapping[str, Any], pairs: Mapping[str, str] | None
+    old: Results, new: Results, pairs: Mapping[str, str] | None
 ) -> list[tuple[str, str]]:
     """(NEW name, OLD name) of every NEW model with an OLD counterpart, in the NEW run's order."""
     old_names, new_names = run_models(old), run_models(new)

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from audit.files import atomic_write_text
 from audit.report.format import as_float
-from audit.report.read import rows_of
+from audit.results import Results, parse_results
 
 SUMMARY_LIMIT = 1_000_000
 """Default byte budget of a step summary (GitHub rejects one over 1 MiB)."""
@@ -46,7 +46,6 @@ _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _CONTROL = re.compile("[\x7f-\x9f]")
 _NON_WORD = re.compile(r"\W+")
 _MD_PUNCT = re.compile(r"([\\*_\[\]~])")
-_EXIT = {"PASS": 0, "FAIL": 1, "ERROR": 3}  # as audit.analysis.gates.exit_code
 _MARK = {"PASS": "✅", "FAIL": "❌", "ERROR": "💥"}
 
 
@@ -59,27 +58,9 @@ def _clean(value: Any) -> str:
     return _NOT_XML.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
-def _suite(results: Mapping[str, Any]) -> Mapping[str, Any]:
-    suite = results.get("suite")
-    return suite if isinstance(suite, Mapping) else {}
-
-
-def _title(results: Mapping[str, Any]) -> str:
-    suite = _suite(results)
-    return _clean(suite.get("title") or suite.get("name") or "audit") or "audit"
-
-
-def _verdict(results: Mapping[str, Any]) -> str:
-    from audit.report.read import verdict
-
-    return verdict(results)
-
-
-def _exit_code(results: Mapping[str, Any], verdict: str) -> int:
-    code = results.get("exit_code")
-    if isinstance(code, int) and not isinstance(code, bool):
-        return code
-    return _EXIT.get(verdict, 3)
+def _title(results: Results) -> str:
+    suite = results.suite
+    return _clean(suite.title or suite.name or "audit") or "audit"
 
 
 def _fmt(value: Any) -> str:
@@ -126,19 +107,17 @@ def _classnames(gates: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _durations(results: Mapping[str, Any]) -> dict[str, float]:
+def _durations(results: Results) -> dict[str, float]:
     out: dict[str, float] = {}
-    for s in rows_of(results, "steps"):
+    for s in results.rows("steps"):
         d = as_float(s.get("duration_s"))
         if d is not None and d >= 0:
             out[_clean(s.get("step"))] = d
     return out
 
 
-def _started(results: Mapping[str, Any]) -> datetime | None:
-    env = results.get("environment")
-    if not isinstance(env, Mapping):
-        return None
+def _started(results: Results) -> datetime | None:
+    env = results.environment
     try:
         started = datetime.fromisoformat(str(env.get("started_at")))
     except ValueError:
@@ -146,11 +125,11 @@ def _started(results: Mapping[str, Any]) -> datetime | None:
     return started.astimezone(UTC) if started.tzinfo else started
 
 
-def _total_time(results: Mapping[str, Any], durations: dict[str, float]) -> float:
+def _total_time(results: Results, durations: dict[str, float]) -> float:
     """The run's wall time from its environment, else the sum of its step durations."""
-    env = results.get("environment")
+    env = results.environment
     started = _started(results)
-    if started is not None and isinstance(env, Mapping):
+    if started is not None:
         try:
             finished = datetime.fromisoformat(str(env.get("finished_at")))
         except ValueError:
@@ -174,12 +153,13 @@ def _gate_message(gate: Mapping[str, Any]) -> str:
     return f"observed {_fmt(gate.get('observed'))} vs threshold {threshold} ({rule})"
 
 
-def junit_xml(results: Mapping[str, Any]) -> str:
+def junit_xml(results: Results | Mapping[str, Any]) -> str:
     """A JUnit XML report: a testcase per gate row (failed gate → ``<failure>``) and per
     crashed step (``<error>``), with the verdict, exit code and suite hash as properties."""
-    verdict = _verdict(results)
-    gates = rows_of(results, "gates")
-    failures = rows_of(results, "failures")
+    results = parse_results(results, "results")
+    verdict = results.verdict_text()
+    gates = results.rows("gates")
+    failures = results.rows("failures")
     durations = _durations(results)
     classnames = _classnames(gates)
     n_failed = sum(not _passed(g) for g in gates)
@@ -198,11 +178,11 @@ def junit_xml(results: Mapping[str, Any]) -> str:
         attrs["timestamp"] = started.replace(tzinfo=None).isoformat(timespec="seconds")
     suite_el = ET.SubElement(root, "testsuite", attrs)
 
-    suite = _suite(results)
+    suite = results.suite.model_dump()
     props = ET.SubElement(suite_el, "properties")
     values = {
         "verdict": verdict.lower(),
-        "exit_code": str(_exit_code(results, verdict)),
+        "exit_code": str(results.code()),
         "suite": _clean(suite.get("name")),
         "suite_hash": _clean(suite.get("hash")),
     }
@@ -252,7 +232,7 @@ def junit_xml(results: Mapping[str, Any]) -> str:
     return f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n'
 
 
-def write_junit(path: Path, results: Mapping[str, Any]) -> Path:
+def write_junit(path: Path, results: Results | Mapping[str, Any]) -> Path:
     """Write :func:`junit_xml` of ``results`` to ``path`` atomically (parents created)."""
     path = Path(path)
     atomic_write_text(path, junit_xml(results))
@@ -330,8 +310,8 @@ def _failure_block(f: Mapping[str, Any]) -> str:
     )
 
 
-def _steps_line(results: Mapping[str, Any]) -> str:
-    steps = rows_of(results, "steps")
+def _steps_line(results: Results) -> str:
+    steps = results.rows("steps")
     if not steps:
         return ""
     status = [str(s.get("status")) for s in steps]
@@ -344,7 +324,10 @@ def _steps_line(results: Mapping[str, Any]) -> str:
 
 
 def markdown_summary(
-    results: Mapping[str, Any], *, report: str | None = None, limit: int = SUMMARY_LIMIT
+    results: Results | Mapping[str, Any],
+    *,
+    report: str | None = None,
+    limit: int = SUMMARY_LIMIT,
 ) -> str:
     """GitHub-flavoured markdown of a run or comparison for ``$GITHUB_STEP_SUMMARY``.
 
@@ -352,9 +335,10 @@ def markdown_summary(
     report's path or URL, in at most ``limit`` UTF-8 bytes: rows that do not fit are left out
     (passed ones first) and counted.
     """
-    verdict = _verdict(results)
-    gates = sorted(rows_of(results, "gates"), key=_passed)
-    failures = rows_of(results, "failures")
+    results = parse_results(results, "results")
+    verdict = results.verdict_text()
+    gates = sorted(results.rows("gates"), key=_passed)
+    failures = results.rows("failures")
     n_failed = sum(not _passed(g) for g in gates)
 
     head = [f"## {_MARK.get(verdict, '')} {verdict} — {_md(_title(results), 300)}", ""]
@@ -362,7 +346,7 @@ def markdown_summary(
         f"**Gates:** {len(gates) - n_failed} passed, {n_failed} failed "
         f"({len(gates)} check{'' if len(gates) == 1 else 's'})",
         f"**Crashed steps:** {len(failures)}",
-        f"**Exit code:** {_exit_code(results, verdict)}",
+        f"**Exit code:** {results.code()}",
     ]
     head += [" · ".join(counts)]
     if steps := _steps_line(results):

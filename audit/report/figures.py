@@ -12,7 +12,8 @@ from markupsafe import Markup
 
 from audit.report.charts import Estimate, dot_chart
 from audit.report.format import as_float, cell_text
-from audit.report.read import MetricInfo, evaluator_infos, rows_of
+from audit.report.read import MetricInfo, evaluator_infos
+from audit.results import Results, parse_results
 
 MAX_PAIRS = 4
 """Before → after charts per metric: the gated pairs first, then the worst parent changes."""
@@ -29,9 +30,9 @@ Values = dict[tuple[str, str, str], Estimate]
 """(model, metric, slice) -> estimate, for one evaluator."""
 
 
-def _values(results: Mapping[str, Any], evaluator: str) -> Values:
+def _values(results: Results, evaluator: str) -> Values:
     out: Values = {}
-    for r in rows_of(results, "metrics"):
+    for r in results.rows("metrics"):
         value = as_float(r.get("value"))
         if cell_text(r.get("evaluator")) != evaluator or value is None:
             continue
@@ -52,24 +53,24 @@ def _slices(values: Values, metric: str) -> list[str]:
     return seen
 
 
-def _pairs(results: Mapping[str, Any], evaluator: str, metric: str) -> list[tuple[str, str]]:
+def _pairs(results: Results, evaluator: str, metric: str) -> list[tuple[str, str]]:
     """(model, baseline) pairs worth a before → after chart."""
     compared = {
         (cell_text(c.get("model")), cell_text(c.get("baseline"))): as_float(c.get("delta")) or 0.0
-        for c in rows_of(results, "comparisons")
+        for c in results.rows("comparisons")
         if cell_text(c.get("evaluator")) == evaluator
         and cell_text(c.get("metric")) == metric
         and c.get("slice", "all") == "all"
     }
     pairs: list[tuple[str, str]] = []
-    for g in rows_of(results, "gates"):
+    for g in results.rows("gates"):
         pair = (cell_text(g.get("model")), cell_text(g.get("baseline")))
         if g.get("baseline") and pair in compared and pair not in pairs:
             pairs.append(pair)
     parents = sorted(
         (
             (delta, (cell_text(c.get("model")), cell_text(c.get("baseline"))))
-            for c in rows_of(results, "comparisons")
+            for c in results.rows("comparisons")
             if c.get("relation") == "parent"
             and cell_text(c.get("evaluator")) == evaluator
             and cell_text(c.get("metric")) == metric
@@ -84,11 +85,11 @@ def _pairs(results: Mapping[str, Any], evaluator: str, metric: str) -> list[tupl
     return pairs[:MAX_PAIRS]
 
 
-def _metric_info(results: Mapping[str, Any], evaluator: str) -> list[MetricInfo]:
+def _metric_info(results: Results, evaluator: str) -> list[MetricInfo]:
     return next((metrics for name, _, metrics in evaluator_infos(results) if name == evaluator), [])
 
 
-def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
+def category_figures(results: Results, evaluator: str) -> list[Figure]:
     """Each headline rate per category (slice), a model against its baseline."""
     values = _values(results, evaluator)
     figures = []
@@ -131,9 +132,9 @@ def category_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]
     return figures
 
 
-def _origin(results: Mapping[str, Any]) -> dict[str, str]:
+def _origin(results: Results) -> dict[str, str]:
     out = {}
-    for m in rows_of(results, "models"):
+    for m in results.rows("models"):
         params = m.get("params")
         merge = m.get("intervention") == "merge" and isinstance(params, Mapping)
         method = params.get("method") if merge else None  # type: ignore[union-attr]
@@ -142,7 +143,7 @@ def _origin(results: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def backdoor_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
+def backdoor_figures(results: Results, evaluator: str) -> list[Figure]:
     """Attack success rate and clean accuracy (slice ``all``) of every model, with its method."""
     values = _values(results, evaluator)
     metrics = [m for m in ("asr", "clean_accuracy") if any(k[1] == m for k in values)]
@@ -165,7 +166,7 @@ def backdoor_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]
     return [Figure("Attack success and clean accuracy per model and method", note, chart)]
 
 
-def task_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
+def task_figures(results: Results, evaluator: str) -> list[Figure]:
     """Accuracy per task (slice) of every model."""
     values = _values(results, evaluator)
     figures = []
@@ -187,7 +188,7 @@ def task_figures(results: Mapping[str, Any], evaluator: str) -> list[Figure]:
     return figures
 
 
-FIGURES: dict[str, Callable[[Mapping[str, Any], str], list[Figure]]] = {
+FIGURES: dict[str, Callable[[Results, str], list[Figure]]] = {
     "alignment_drift": category_figures,
     "refusal": category_figures,
     "backdoor": backdoor_figures,
@@ -195,7 +196,10 @@ FIGURES: dict[str, Callable[[Mapping[str, Any], str], list[Figure]]] = {
 }
 
 
-def evaluator_figures(results: Mapping[str, Any], evaluator: str, kind: str) -> list[Figure]:
+def evaluator_figures(
+    results: Results | Mapping[str, Any], evaluator: str, kind: str
+) -> list[Figure]:
     """The charts for one evaluator of ``kind`` (none for kinds without a chart)."""
+    results = parse_results(results, "results")
     build = FIGURES.get(kind)
     return build(results, evaluator) if build else []

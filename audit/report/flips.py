@@ -21,7 +21,8 @@ from audit.report.format import (
     item_value,
     num,
 )
-from audit.report.read import MetricInfo, parents_of, rows_of
+from audit.report.read import MetricInfo, parents_of
+from audit.results import Results
 
 
 def value_text(row: Mapping[str, Any] | None) -> str:
@@ -81,12 +82,10 @@ def judged(sample: Mapping[str, Any]) -> str:
     return f"{value} ({judgment})" if judgment not in (None, "") else value
 
 
-def comparison_pairs(
-    results: Mapping[str, Any], evaluator: str, index: SampleIndex
-) -> list[tuple[str, str]]:
+def comparison_pairs(results: Results, evaluator: str, index: SampleIndex) -> list[tuple[str, str]]:
     """(model, parent) pairs to drill into: parent comparisons, then the models' lineage."""
     pairs: list[tuple[str, str]] = []
-    for c in rows_of(results, "comparisons"):
+    for c in results.rows("comparisons"):
         if c.get("relation") == "parent" and cell_text(c.get("evaluator")) == evaluator:
             pair = (cell_text(c.get("model")), cell_text(c.get("baseline")))
             if pair not in pairs:
@@ -144,7 +143,7 @@ def _flip_row(before: Mapping[str, Any], after: Mapping[str, Any]) -> Row:
 
 def drilldown(
     number: int,
-    results: Mapping[str, Any],
+    results: Results,
     evaluator: str,
     metrics: list[MetricInfo],
     index: SampleIndex,

@@ -39,7 +39,7 @@ from audit.report.format import (
     significant,
 )
 from audit.report.page import HERE, jinja_environment, write_page
-from audit.report.read import rows_of, verdict
+from audit.results import Results
 
 RESULTS = "results.json"
 COMPARISON = "comparison.json"
@@ -247,14 +247,14 @@ def _timestamp(value: Any) -> datetime | None:
         return None
 
 
-def _load(file: Path) -> dict[str, Any]:
-    """The file's JSON object; raises ValueError with a readable reason otherwise.
+def _load(file: Path) -> Results:
+    """The file's results (or comparison); raises ValueError with a readable reason otherwise.
 
     Read with :func:`audit.results.read_json_file` (a regular file only, never a FIFO; UTF-8,
-    digits, depth and lone surrogates checked), whose :class:`~audit.results.ResultsError` is a
-    ValueError.
+    digits, depth and lone surrogates checked) and :func:`audit.results.parse_results`, whose
+    :class:`~audit.results.ResultsError` is a ValueError.
     """
-    from audit.results import read_json_file
+    from audit.results import parse_results, read_json_file
 
     try:
         size = file.stat().st_size
@@ -270,46 +270,39 @@ def _load(file: Path) -> dict[str, Any]:
     known = ("suite", "gates", "metrics", "models", "comparisons", "verdict", "schema_version")
     if not any(key in data for key in known):
         raise ValueError("wrong shape: no suite, models, metrics or gates")
-    for key in ("models", "metrics", "comparisons", "gates", "failures", "steps", "evaluators"):
-        if key in data and not isinstance(data[key], list):
-            raise ValueError(f"wrong shape: {key!r} is not a list")
-    for key in ("suite", "environment"):
-        if key in data and data[key] is not None and not isinstance(data[key], Mapping):
-            raise ValueError(f"wrong shape: {key!r} is not an object")
-    return data
+    return parse_results(data, "wrong shape")
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _finished(data: Mapping[str, Any]) -> datetime | None:
-    env = _mapping(data.get("environment"))
-    for value in (env.get("finished_at"), data.get("finished_at"), data.get("created_at")):
+def _finished(data: Results) -> datetime | None:
+    env, extra = data.environment, data.model_extra or {}
+    for value in (env.get("finished_at"), extra.get("finished_at"), extra.get("created_at")):
         stamp = _timestamp(value)
         if stamp is not None:
             return stamp
     return None
 
 
-def _duration(data: Mapping[str, Any]) -> float | None:
-    env = _mapping(data.get("environment"))
-    took = as_float(env.get("duration_s", data.get("duration_s")))
+def _duration(data: Results) -> float | None:
+    env = data.environment
+    took = as_float(env.get("duration_s", (data.model_extra or {}).get("duration_s")))
     if took is None:
         took = elapsed_s(env.get("started_at"), env.get("finished_at"))
     return took if took is not None and took >= 0 and took != float("inf") else None
 
 
-def _headline_metrics(data: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+def _headline_metrics(data: Results) -> list[tuple[str, str]] | None:
     """(evaluator, metric) of every declared headline metric; None when none are declared."""
-    evaluators = rows_of(data, "evaluators")
-    if not evaluators:
+    if not data.evaluators:
         return None
     found: list[tuple[str, str]] = []
-    for spec in evaluators:
-        for m in spec.get("metrics") or []:
-            if isinstance(m, Mapping) and m.get("headline", True):
-                pair = (cell_text(spec.get("name")), cell_text(m.get("name")))
+    for spec in data.evaluators:
+        for m in spec.metrics:
+            if m.headline:
+                pair = (cell_text(spec.name), cell_text(m.name))
                 if pair not in found:
                     found.append(pair)
     return found
@@ -323,13 +316,13 @@ def _badness(row: Mapping[str, Any]) -> float:
     return -delta if row.get("higher_is_better", True) else delta
 
 
-def _headlines(data: Mapping[str, Any], comparison: bool) -> list[Headline]:
+def _headlines(data: Results, comparison: bool) -> list[Headline]:
     """Per headline metric, the worst change on slice ``all`` vs. a parent, across models.
 
     A release comparison's rows are all taken (they compare the old run with the new one).
     """
     rows: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for c in rows_of(data, "comparisons"):
+    for c in data.rows("comparisons"):
         if c.get("slice", "all") != "all":
             continue
         if not comparison and c.get("relation", "parent") != "parent":
@@ -356,12 +349,12 @@ def _headlines(data: Mapping[str, Any], comparison: bool) -> list[Headline]:
     return out
 
 
-def _model_count(data: Mapping[str, Any]) -> int | None:
-    models = rows_of(data, "models")
+def _model_count(data: Results) -> int | None:
+    models = data.rows("models")
     if models:
         return len(models)
     names = {
-        cell_text(r.get("model")) for key in ("metrics", "comparisons") for r in rows_of(data, key)
+        cell_text(r.get("model")) for key in ("metrics", "comparisons") for r in data.rows(key)
     }
     return len(names) if names else None
 
@@ -426,25 +419,26 @@ def _summary(root: Path, directory: Path, file: Path) -> RunSummary:
     return run
 
 
-def _read(data: Mapping[str, Any], run: RunSummary) -> None:
+def _read(data: Results, run: RunSummary) -> None:
     """Fill ``run`` in from its results (or comparison) file's contents."""
-    if data.get("kind") == RELEASE_COMPARISON:
+    extra = data.model_extra or {}
+    if extra.get("kind") == RELEASE_COMPARISON:
         run.kind = "comparison"
-    suite = _mapping(data.get("suite"))
+    suite = data.suite
     finished = _finished(data)
     if finished is not None:
         run.finished_at, run.finished_recorded = finished, True
-    title = suite.get("title") or suite.get("name")
+    title = suite.title or suite.name
     if title:
         run.title = cell_text(title)
-    if suite.get("name"):
-        run.suite = cell_text(suite.get("name"))
-    gates = rows_of(data, "gates")
+    if suite.name:
+        run.suite = cell_text(suite.name)
+    gates = data.rows("gates")
     failed = [g for g in gates if not g.get("passed")]
-    steps_failed = sum(s.get("status") == "failed" for s in rows_of(data, "steps"))
+    steps_failed = sum(s.get("status") == "failed" for s in data.rows("steps"))
     run.models = _model_count(data)
     run.gates_passed, run.gates_failed = len(gates) - len(failed), len(failed)
-    run.failed_steps = max(len(rows_of(data, "failures")), steps_failed)
+    run.failed_steps = max(len(data.rows("failures")), steps_failed)
     run.duration_s = _duration(data)
     run.headlines = _headlines(data, run.kind == "comparison")
     run.failed_gates = [
@@ -457,8 +451,8 @@ def _read(data: Mapping[str, Any], run: RunSummary) -> None:
         for g in failed[:MAX_FAILED_GATES]
     ]
     if run.kind == "comparison":
-        run.old, run.new = _run_labels(data.get("old"), data.get("new"))
-    run.verdict = verdict(data)
+        run.old, run.new = _run_labels(extra.get("old"), extra.get("new"))
+    run.verdict = data.verdict_text()
 
 
 # --- rendering --------------------------------------------------------------------------------

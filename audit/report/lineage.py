@@ -14,6 +14,7 @@ from typing import Any
 from markupsafe import Markup
 
 from audit.report.text import escape
+from audit.results import Results, parse_results
 
 NODE_W, NODE_H, COL_GAP, ROW_GAP, PAD = 200, 26, 70, 8, 12
 COLOURS = {
@@ -57,8 +58,8 @@ class _Node:
         return text if len(text) <= 27 else text[:26] + "…"
 
 
-def _nodes(results: Mapping[str, Any]) -> dict[str, _Node]:
-    models = [m for m in results.get("models") or [] if isinstance(m, Mapping)]
+def _nodes(results: Results) -> dict[str, _Node]:
+    models = results.rows("models")
     node_of: dict[str, str] = {}
     nodes: dict[str, _Node] = {}
     for m in models:
@@ -75,7 +76,7 @@ def _nodes(results: Mapping[str, Any]) -> dict[str, _Node]:
             up = node_of.get(str(parent))
             if up is not None and up != node.name and up not in node.parents:
                 node.parents.append(up)
-    for g in results.get("gates") or []:
+    for g in results.rows("gates"):
         if not isinstance(g, Mapping) or str(g.get("model")) not in node_of:
             continue
         node = nodes[node_of[str(g.get("model"))]]
@@ -133,8 +134,9 @@ def legend_width() -> int:
     return sum(_legend_step(text) for text in LEGEND.values())
 
 
-def lineage_svg(results: Mapping[str, Any]) -> Markup:
+def lineage_svg(results: Results | Mapping[str, Any]) -> Markup:
     """The models of ``results`` as a left-to-right lineage diagram, or a note when none."""
+    results = parse_results(results, "results")
     nodes = _nodes(results)
     if not nodes:
         return Markup('<p class="empty">No models.</p>')

@@ -34,7 +34,13 @@ from audit.report.format import (
     significant,
 )
 from audit.report.page import HERE, jinja_environment
-from audit.report.read import rows_of, verdict
+from audit.results import parse_results
+
+
+def _rows(data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    """A table of comparison.json (or of one of its runs) as a list of dicts."""
+    rows = data.get(key)
+    return [dict(r) for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
 
 
 def _info(data: Mapping[str, Any], side: str) -> Mapping[str, Any]:
@@ -131,7 +137,7 @@ def _coverage_table(coverage: Sequence[Mapping[str, Any]]) -> Markup:
 def _models_table(data: Mapping[str, Any]) -> Markup:
     rows: list[dict[str, str]] = []
     classes: list[dict[str, str]] = []
-    for p in rows_of(data, "pairs"):
+    for p in _rows(data, "pairs"):
         new, old = cell_text(p.get("new")), cell_text(p.get("old"))
         rows.append(
             {"new run": new, "old run": old, "matched": "by name" if new == old else "pair"}
@@ -172,7 +178,7 @@ def _provenance_table(old: Mapping[str, Any], new: Mapping[str, Any]) -> Markup:
 
 def _evaluators_table(old: Mapping[str, Any], new: Mapping[str, Any]) -> Markup:
     def index(info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-        return {str(e.get("name")): e for e in rows_of(info, "evaluators")}
+        return {str(e.get("name")): e for e in _rows(info, "evaluators")}
 
     before, after = index(old), index(new)
     rows, classes = [], []
@@ -218,8 +224,8 @@ def _label(info: Mapping[str, Any], other: Mapping[str, Any]) -> str:
 def render_comparison_html(data: Mapping[str, Any]) -> str:
     """The page for a release comparison (a ``comparison.json`` dict)."""
     old, new = _info(data, "old"), _info(data, "new")
-    gates = [dict(g) for g in rows_of(data, "gates")]
-    comparisons = rows_of(data, "comparisons")
+    gates = [dict(g) for g in _rows(data, "gates")]
+    comparisons = _rows(data, "comparisons")
     suite = _info(data, "suite")
     failures = [
         {
@@ -227,7 +233,7 @@ def render_comparison_html(data: Mapping[str, Any]) -> str:
             "error": cell_text(f.get("error")),
             "traceback": str(f.get("traceback") or ""),
         }
-        for f in rows_of(data, "failures")
+        for f in _rows(data, "failures")
     ]
     warnings = data.get("warnings")
     context = {
@@ -237,7 +243,7 @@ def render_comparison_html(data: Mapping[str, Any]) -> str:
         "old_label": _label(old, new),
         "new_label": _label(new, old),
         "created": cell_text(data.get("created_at")),
-        "verdict": verdict(data),
+        "verdict": parse_results(data, "comparison.json").verdict_text(),
         "gates_from": cell_text(data.get("gates_from")),
         "counts": {
             **_counts(comparisons),
@@ -256,7 +262,7 @@ def render_comparison_html(data: Mapping[str, Any]) -> str:
         "unchanged": _regression_table(
             "unchanged", [c for c in comparisons if _standing(c) == "same"], "None."
         ),
-        "coverage": _coverage_table(rows_of(data, "coverage")),
+        "coverage": _coverage_table(_rows(data, "coverage")),
         "models": _models_table(data),
         "provenance": _provenance_table(old, new),
         "evaluators": _evaluators_table(old, new),

@@ -46,20 +46,19 @@ from audit.report.read import (
     evaluator_infos,
     model_names,
     parents_of,
-    rows_of,
-    verdict,
 )
+from audit.results import Results, parse_results
 
 MAX_FLIPS = 50
 """Flipped items listed per evaluator; the rest are counted and left to samples.jsonl."""
 
 
-def _scorecard(results: Mapping[str, Any], evaluators: list[EvaluatorInfo]) -> Markup:
+def _scorecard(results: Results, evaluators: list[EvaluatorInfo]) -> Markup:
     """Models x headline metrics on slice ``all``: value [CI], then the delta vs each parent."""
     headline = [m for _, _, metrics in evaluators for m in metrics if m.headline]
     values = {
         (cell_text(r.get("model")), cell_text(r.get("evaluator")), cell_text(r.get("metric"))): r
-        for r in rows_of(results, "metrics")
+        for r in results.rows("metrics")
         if r.get("slice", "all") == "all"
     }
     deltas = {
@@ -69,7 +68,7 @@ def _scorecard(results: Mapping[str, Any], evaluators: list[EvaluatorInfo]) -> M
             cell_text(c.get("evaluator")),
             cell_text(c.get("metric")),
         ): c
-        for c in rows_of(results, "comparisons")
+        for c in results.rows("comparisons")
         if c.get("relation") == "parent" and c.get("slice", "all") == "all"
     }
     labels = {(m.evaluator, m.name): f"{m.evaluator} · {m.name}" for m in headline}
@@ -190,7 +189,7 @@ class _EvaluatorSection:
 
 
 def _evaluator_sections(
-    results: Mapping[str, Any],
+    results: Results,
     evaluators: list[EvaluatorInfo],
     samples: Iterable[Mapping[str, Any]],
     limit: int,
@@ -199,11 +198,9 @@ def _evaluator_sections(
     models = _order(model_names(results))
     sections = []
     for i, (name, kind, metrics) in enumerate(evaluators, start=1):
-        metric_rows = [
-            r for r in rows_of(results, "metrics") if cell_text(r.get("evaluator")) == name
-        ]
+        metric_rows = [r for r in results.rows("metrics") if cell_text(r.get("evaluator")) == name]
         comparisons = [
-            c for c in rows_of(results, "comparisons") if cell_text(c.get("evaluator")) == name
+            c for c in results.rows("comparisons") if cell_text(c.get("evaluator")) == name
         ]
         sections.append(
             _EvaluatorSection(
@@ -282,9 +279,9 @@ def _steps_table(steps: list[dict[str, Any]]) -> Markup:
     return html_table("steps", columns, rows, classes, empty="No steps ran.")
 
 
-def _run_facts(results: Mapping[str, Any], env: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _run_facts(results: Results, env: Mapping[str, Any]) -> list[tuple[str, str]]:
     """How the run went: steps executed, cache hits, failures, time spent, seed and device."""
-    steps = rows_of(results, "steps")
+    steps = results.rows("steps")
     executed = [s for s in steps if s.get("status") == "ok" and not s.get("cached")]
     spent = sum(as_float(s.get("duration_s")) or 0.0 for s in executed)
     facts = [
@@ -298,20 +295,16 @@ def _run_facts(results: Mapping[str, Any], env: Mapping[str, Any]) -> list[tuple
     return facts
 
 
-def _suite_facts(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _suite_facts(results: Results) -> list[tuple[str, str]]:
     """The suite's path and reference model, where the run recorded them."""
-    suite = results.get("suite")
-    if not isinstance(suite, Mapping):
-        return []
-    facts = [("file", suite.get("path")), ("reference model", suite.get("reference"))]
+    suite = results.suite
+    facts = [("file", suite.path), ("reference model", suite.reference)]
     return [(label, cell_text(value)) for label, value in facts if value]
 
 
-def _max_flips(results: Mapping[str, Any]) -> int:
+def _max_flips(results: Results) -> int:
     """The suite's ``[report] max_flipped``, else :data:`MAX_FLIPS`."""
-    suite = results.get("suite")
-    parsed = suite.get("parsed") if isinstance(suite, Mapping) else None
-    report = parsed.get("report") if isinstance(parsed, Mapping) else None
+    report = results.suite.parsed.get("report")
     value = report.get("max_flipped") if isinstance(report, Mapping) else None
     return (
         value
@@ -336,11 +329,9 @@ def _environment_table(environment: Mapping[str, Any]) -> Markup:
     return html_table("environment", ["setting", "value"], rows, empty="Not recorded.")
 
 
-def _suite_info(results: Mapping[str, Any]) -> tuple[str, str, str]:
+def _suite_info(results: Results) -> tuple[str, str, str]:
     """The report's title, the suite's hash and its text (as written, else its parsed form)."""
-    suite = results.get("suite")
-    if not isinstance(suite, Mapping):
-        return "audit run", DASH, ""
+    suite = results.suite.model_dump(exclude_none=True)
     inner = suite.get("suite")
     name = (
         suite.get("title")
@@ -358,71 +349,73 @@ def _suite_info(results: Mapping[str, Any]) -> tuple[str, str, str]:
     return cell_text(name or "audit run"), cell_text(digest), text
 
 
-def _scaling(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _scaling(results: Results) -> list[dict[str, Any]]:
     from audit.report.sections.scaling import scaling_sections
 
     return scaling_sections(results)
 
 
-def _backdoors(results: Mapping[str, Any]) -> dict[str, Markup] | None:
+def _backdoors(results: Results) -> dict[str, Markup] | None:
     from audit.report.sections.backdoor import backdoor_tables
 
     return backdoor_tables(results)
 
 
-def _figures(results: Mapping[str, Any], evaluator: str, kind: str) -> list[Any]:
+def _figures(results: Results, evaluator: str, kind: str) -> list[Any]:
     from audit.report.figures import evaluator_figures
 
     return evaluator_figures(results, evaluator, kind)
 
 
-def _lineage(results: Mapping[str, Any]) -> Markup:
+def _lineage(results: Results) -> Markup:
     from audit.report.lineage import lineage_svg
 
     return lineage_svg(results)
 
 
-def _forgetting(results: Mapping[str, Any]) -> list[Any]:
+def _forgetting(results: Results) -> list[Any]:
     from audit.report.sections.forgetting import forgetting_sections
 
     return forgetting_sections(results)
 
 
 def render_html(
-    results: Mapping[str, Any],
+    results: Results | Mapping[str, Any],
     samples: Iterable[Mapping[str, Any]],
     *,
     max_flips: int | None = None,
 ) -> str:
-    """The report for ``results`` (a results.json dict) and its samples, as one HTML page.
+    """The report for ``results`` (:class:`audit.results.Results`, or a results.json dict,
+    read with :func:`audit.results.parse_results`) and its samples, as one HTML page.
 
     ``max_flips`` caps the flipped items listed per evaluator (default: the suite's
     ``[report] max_flipped``, else :data:`MAX_FLIPS`).
     """
+    results = parse_results(results, "results")
     if max_flips is None:
         max_flips = _max_flips(results)
     evaluators = evaluator_infos(results)
-    env = results.get("environment")
-    env = env if isinstance(env, Mapping) else {}
+    env = results.environment
+    extra = results.model_extra or {}
     name, digest, suite_text = _suite_info(results)
-    gates = rows_of(results, "gates")
+    gates = results.rows("gates")
     failures = [
         {
             "step": cell_text(f.get("step")),
             "error": cell_text(f.get("error")),
             "traceback": str(f.get("traceback") or ""),
         }
-        for f in rows_of(results, "failures")
+        for f in results.rows("failures")
     ]
-    started = env.get("started_at") or env.get("start_time") or results.get("started_at")
-    took = as_float(env.get("duration_s", results.get("duration_s")))
+    started = env.get("started_at") or env.get("start_time") or extra.get("started_at")
+    took = as_float(env.get("duration_s", extra.get("duration_s")))
     if took is None:
         took = elapsed_s(started, env.get("finished_at"))
     context = {
         "title": name,
         "started": cell_text(started),
         "took": None if took is None else seconds_text(took),
-        "verdict": verdict(results),
+        "verdict": results.verdict_text(),
         "counts": {
             "models": len(model_names(results)),
             "gates": len(gates),
@@ -441,13 +434,13 @@ def render_html(
         "scaling": _scaling(results),
         "backdoors": _backdoors(results),
         "forgetting": _forgetting(results),
-        "models": _models_table(rows_of(results, "models")),
+        "models": _models_table(results.rows("models")),
         "suite_hash": digest,
         "suite_facts": _suite_facts(results),
         "suite_text": suite_text,
         "environment": _environment_table(env),
-        "steps": _steps_table(rows_of(results, "steps")),
-        "schema_version": cell_text(results.get("schema_version")),
+        "steps": _steps_table(results.rows("steps")),
+        "schema_version": cell_text(results.schema_version),
         "audit_version": audit.__version__,
         "max_chars": MAX_CHARS,
         "css": Markup((HERE / "style.css").read_text(encoding="utf-8")),
@@ -458,7 +451,7 @@ def render_html(
 
 
 def render_report(
-    results: Mapping[str, Any],
+    results: Results | Mapping[str, Any],
     samples: Iterable[Mapping[str, Any]],
     out_path: Path,
     *,

@@ -22,7 +22,8 @@ from audit.plan import build_plan
 from audit.plugins import MetricSpec, Sample
 from audit.results import ComparisonRowT
 from audit.stats import adjust_p_values, compare_samples
-from audit.suite.schema import GateSpec, SuiteError, load_suite
+from audit.suite.checks import SuiteError, load_suite
+from audit.suite.schema import GateSpec
 
 SAFE = MetricSpec("compliance_rate_safe", higher_is_better=True, description="")
 

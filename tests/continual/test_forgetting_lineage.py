@@ -215,7 +215,7 @@ def test_suite_run_end_to_end(tiny_checkpoint: Any, tmp_path: Any) -> None:
     main(["run", str(suite), "--out", str(out), "--quiet"])
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert not results["failures"]
-    (row,) = results["forgetting"]
+    (row,) = results["analyses"]["forgetting"]
     assert row["error"] is None and row["lineage"] == ["seq_1", "seq_2"] and row["n"] == [8, 8]
     matrix = row["matrix"]
     assert row["bwt"] == pytest.approx(matrix[1][0] - matrix[0][0])
@@ -236,7 +236,7 @@ def test_suite_run_end_to_end(tiny_checkpoint: Any, tmp_path: Any) -> None:
 def test_suite_validation_checks_lineage_models(tmp_path: Any) -> None:
     import textwrap
 
-    from audit.suite.schema import SuiteError, load_suite
+    from audit.suite.checks import SuiteError, load_suite
 
     suite = tmp_path / "s.toml"
     suite.write_text(

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from audit.evaluators.backdoor import BackdoorEvaluator, hits_target
 from audit.plugins import Evaluator, RunContext, Sample
-from audit.suite.schema import SuiteError, data_refs, load_suite
+from audit.suite.checks import SuiteError, load_suite
+from audit.suite.refs import data_refs
 
 SENTIMENT = [
     ("s1", "review : great food", "positive"),

@@ -15,7 +15,7 @@ from audit.merging.stream import merge_state_dict, plan_merge
 from audit.merging.tensor_methods import PEFT_METHODS
 from audit.models.handle import ModelHandle
 from audit.plugins import Intervention, RunContext, TrainedModel
-from audit.suite.schema import SuiteError, load_suite
+from audit.suite.checks import SuiteError, load_suite
 
 Factory = Callable[[int], Path]
 

@@ -11,7 +11,7 @@ import pytest
 from audit.interventions.resta import RestaIntervention
 from audit.models.handle import ModelHandle
 from audit.plugins import Intervention, RunContext
-from audit.suite.schema import load_suite
+from audit.suite.checks import load_suite
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from audit.merging.stream import Checkpoint, load_task_vectors, merge_state_dict
 from audit.merging.tensor_methods import PEFT_METHODS
 from audit.models.handle import ModelHandle
 from audit.plugins import Intervention, RunContext
-from audit.suite.schema import load_suite
+from audit.suite.checks import load_suite
 from audit.training.loop import encode_pairs, fine_tune
 
 UNSAFE = [
@@ -315,7 +315,7 @@ def test_dpo_on_preference_data(models: Models, tmp_path: Path) -> None:
 
 
 def test_suite_accepts_preference_safety_data(tmp_path: Path) -> None:
-    from audit.suite.schema import SuiteError, load_suite
+    from audit.suite.checks import SuiteError, load_suite
 
     _preferences(tmp_path / "prefs.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"id": "1", "prompt": "x", "chosen": "y"}\n')

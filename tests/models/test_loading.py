@@ -409,7 +409,7 @@ def test_suite_plan_refuses_an_adapter_whose_base_escapes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from audit.plan import build_plan
-    from audit.suite.schema import load_suite
+    from audit.suite.checks import load_suite
 
     suite, adapter, outside = _suite_with_adapter(tiny_checkpoint, lora_adapter, tmp_path)
     _set_base(adapter, str(outside))

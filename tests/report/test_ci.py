@@ -16,6 +16,7 @@ from audit.report.ci import (
     write_junit,
     write_summary,
 )
+from audit.results import ResultsError
 
 xmlschema = pytest.importorskip("xmlschema")
 
@@ -238,9 +239,8 @@ def test_junit_release_comparison(schema: Any) -> None:
     "data",
     [
         {},
-        {"gates": None, "failures": "x", "suite": "nope", "exit_code": "1"},
-        {"gates": [1, "x", {}], "failures": [None, {}], "environment": {"started_at": "?"}},
-        {"gates": [{"passed": True, "observed": "n/a", "threshold": None}]},
+        {"gates": [{}], "failures": [{}], "environment": {"started_at": "?"}},
+        {"gates": [{"passed": True, "threshold": None}], "suite": {}},
     ],
 )
 def test_junit_robust_to_missing_keys(schema: Any, data: dict[str, Any]) -> None:
@@ -248,6 +248,25 @@ def test_junit_robust_to_missing_keys(schema: Any, data: dict[str, Any]) -> None
     assert props(root)["verdict"] in {"pass", "fail", "error"}
     assert root.find("testsuite") is not None
     assert markdown_summary(data).startswith("## ")
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ({"gates": None, "failures": "x"}, "gates"),
+        ({"failures": "x"}, "failures"),
+        ({"suite": "nope"}, "suite"),
+        ({"gates": [1, "x", {}]}, "gates[0]"),
+        ({"failures": [None, {}]}, "failures[0]"),
+        ({"gates": [{"passed": True, "observed": "n/a"}]}, "gates[0].observed"),
+    ],
+)
+def test_junit_refuses_odd_shapes_naming_the_field(data: dict[str, Any], where: str) -> None:
+    """Results are read once, through the typed model: a wrong shape is a ResultsError that
+    names the field (the command exits 2), never a half-written file or a traceback."""
+    for write in (junit_xml, markdown_summary):
+        with pytest.raises(ResultsError, match=rf"results: {re.escape(where)}: "):
+            write(data)
 
 
 def test_junit_verdict_derived_when_missing(schema: Any) -> None:

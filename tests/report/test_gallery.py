@@ -282,7 +282,7 @@ def test_unreadable_files_are_listed_with_the_reason(
     assert "UNREADABLE" in html and "1 unreadable" in html
 
 
-def test_odd_values_inside_a_results_file_do_not_break_it(tmp_path: Path) -> None:
+def test_odd_values_inside_a_results_file_list_it_as_unreadable(tmp_path: Path) -> None:
     data = _results("odd", verdict="fail")
     data["gates"] = [None, "x", {"name": 3, "passed": False, "observed": "NaN?"}]
     data["comparisons"] = [7, {"metric": None, "delta": "abc"}]
@@ -290,8 +290,13 @@ def test_odd_values_inside_a_results_file_do_not_break_it(tmp_path: Path) -> Non
     data["environment"] = {"finished_at": 12, "started_at": []}
     _write(tmp_path, "odd", data)
     run = find_runs(tmp_path)[0]
+    assert run.verdict == UNREADABLE and (run.error or "").startswith("wrong shape: ")
+    write_gallery(tmp_path)  # the gallery itself is written
+    data["gates"], data["comparisons"], data["evaluators"] = [], [], []
+    data["environment"] = {"finished_at": 12, "started_at": []}  # an open-ended object
+    _write(tmp_path, "odd", data)
+    run = find_runs(tmp_path)[0]
     assert run.verdict == "FAIL" and run.error is None and not run.finished_recorded
-    write_gallery(tmp_path)
 
 
 def test_release_comparisons_are_listed_as_comparisons(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from audit.report.flips import flipped_samples
 from audit.report.format import MAX_CHARS, TRUNCATED
 from audit.report.page import SCRIPT as PAGE_SCRIPT
 from audit.report.page import SCRIPT_HASH
-from audit.report.read import verdict
 from audit.report.render import render_html, render_report
+from audit.results import parse_results
 
 SCRIPT = "<script>alert('x')</script>"
 IMG = '<img src=x onerror="alert(1)">'
@@ -283,6 +283,11 @@ def _assert_safe(page: str) -> _Tags:
             if name in ("src", "href", "action", "srcset", "poster", "data"):
                 assert (value or "").startswith("#"), (tag, name, value)
     return parsed
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """The verdict the pages show (the one rule, :func:`audit.results.exit_code`)."""
+    return parse_results(results, "results").verdict_text()
 
 
 def test_verdict_comes_first(results: dict[str, Any], samples: list[dict[str, Any]]) -> None:

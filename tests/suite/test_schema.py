@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from audit.cli import main
-from audit.suite.schema import SuiteError, json_schema, load_suite
+from audit.suite.checks import SuiteError, load_suite
+from audit.suite.schema import json_schema
 
 VALID = """\
 [suite]

@@ -11,7 +11,9 @@ from audit.analysis.baselines import all_comparisons, baselines
 from audit.analysis.gates import evaluate_gates
 from audit.plan import build_plan
 from audit.plugins import EvalResult, MetricRow, Sample
-from audit.suite.schema import Suite, SuiteError, Sweep, load_suite, match_models
+from audit.suite.checks import SuiteError, load_suite
+from audit.suite.suite import Suite
+from audit.suite.sweeps import Sweep, match_models
 
 BASE = """\
 [suite]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from markupsafe import Markup
 
 from audit.report.format import cell_text, ci_text, html_table, num
-from audit.report.read import rows_of
+from audit.results import Results
 
 COLUMNS = [
     "merged model",
@@ -39,9 +38,9 @@ def _table_of(name: str, rows: list[dict[str, Any]], empty: str) -> Markup:
     return html_table(name, COLUMNS, table, empty=empty)
 
 
-def backdoor_tables(results: Mapping[str, Any]) -> dict[str, Markup] | None:
+def backdoor_tables(results: Results) -> dict[str, Markup] | None:
     """The "succession" and "transfer" tables, or ``None`` when the run has no such rows."""
-    rows = rows_of(results, "succession")
+    rows = results.table("succession")
     if not rows:
         return None
     return {

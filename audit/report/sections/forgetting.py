@@ -9,7 +9,7 @@ from typing import Any
 from markupsafe import Markup
 
 from audit.report.format import cell_text, ci_text, html_table, num
-from audit.report.read import rows_of
+from audit.results import Results
 
 
 @dataclass
@@ -42,10 +42,10 @@ def _matrix(number: int, row: Mapping[str, Any]) -> Markup:
     return html_table(f"forgetting-{number}", columns, table, empty="No models in the lineage.")
 
 
-def forgetting_sections(results: Mapping[str, Any]) -> list[LineageSection]:
+def forgetting_sections(results: Results) -> list[LineageSection]:
     """One section per lineage of ``results["forgetting"]`` (empty when there is none)."""
     sections = []
-    for number, row in enumerate(rows_of(results, "forgetting"), start=1):
+    for number, row in enumerate(results.table("forgetting"), start=1):
         error = row.get("error")
         sections.append(
             LineageSection(

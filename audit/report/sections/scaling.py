@@ -9,7 +9,7 @@ from markupsafe import Markup
 
 from audit.report.charts import power_law_chart
 from audit.report.format import DASH, cell_text, ci_text, html_table, num
-from audit.report.read import rows_of
+from audit.results import Results
 
 
 def _estimate(e: Mapping[str, Any] | None, signed: bool = False) -> str:
@@ -57,10 +57,10 @@ def _points_table(index: int, row: Mapping[str, Any]) -> Markup:
     return html_table(f"scaling-points-{index}", columns, table, empty="No sweep member has data.")
 
 
-def scaling_sections(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+def scaling_sections(results: Results) -> list[dict[str, Any]]:
     """Per ``[[scaling]]`` entry: its name, metric, chart and tables."""
     sections = []
-    for i, row in enumerate(rows_of(results, "scaling")):
+    for i, row in enumerate(results.scaling):
         unit = float(row.get("tokens_unit") or 1000.0)
         series = []
         for fit in row.get("fits") or []:
