@@ -14,24 +14,18 @@ roots is refused while planning, before anything is written.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from audit import registry
 from audit.fingerprint import data_fingerprints
 from audit.plugins import Params
+from audit.store.keys import step_key
+from audit.suite.pairs import gate_pairs
 from audit.suite.schema import ModelSpec
 from audit.suite.suite import Suite
-
-KEY_VERSION = "2"
-
-
-def step_key(kind: str, **parts: Any) -> str:
-    """A stable hash of a step's kind and its JSON-serialisable parts."""
-    blob = json.dumps({"kind": kind, "v": KEY_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
 
 def params_json(params: Params | None) -> dict[str, Any]:
@@ -49,6 +43,8 @@ class ModelStep:
     spec: ModelSpec
     params: Params | None
     resolved: Path | None = None  # the checkpoint directory of an hf:/path: source
+    plugin: Any = field(default=None, compare=False)
+    """The intervention class (resolved once, while planning); ``None`` for a loaded model."""
 
     @property
     def id(self) -> str:
@@ -70,19 +66,54 @@ class EvalStep:
     kind: str
     key: str
     params: Params
+    plugin: Any = field(default=None, compare=False)
+    """The evaluator class (resolved once, while planning): its ``metrics`` and hooks."""
 
     @property
     def id(self) -> str:
         return f"eval:{self.evaluator}@{self.model}"
 
 
+Relation = Literal["parent", "compare", "reference", "gate"]
+"""Why a model is compared with a baseline: its parent, its ``compare`` key, the suite's
+reference, or a gate's ``vs = NAME``."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A (model, baseline) comparison the analysis computes, and why."""
+
+    model: str
+    baseline: str
+    relation: Relation
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One (model, baseline) a gate checks; ``baseline`` is ``None`` for ``min`` / ``max``."""
+
+    gate: int
+    """The gate's index in the suite's ``gates``."""
+    model: str
+    baseline: str | None
+
+
 @dataclass(frozen=True)
 class Plan:
-    """Every step of a suite in an executable order."""
+    """Every step of a suite in an executable order, and every comparison and gate check the
+    analysis after the run computes (resolved here, once)."""
 
     suite: Suite
     models: tuple[ModelStep, ...]
     evals: tuple[EvalStep, ...]
+    pairs: tuple[Pair, ...] = ()
+    gate_checks: tuple[GateCheck, ...] = ()
+    evaluator_classes: Mapping[str, Any] = field(default_factory=dict)
+    """Evaluator plug-in kind -> class, for every evaluator kind of the suite."""
+
+    def baselines(self, model: str) -> list[tuple[str, Relation]]:
+        """(baseline, relation) pairs ``model`` is compared with, in plan order."""
+        return [(p.baseline, p.relation) for p in self.pairs if p.model == model]
 
     def model(self, name: str) -> ModelStep:
         return next(s for s in self.models if s.name == name)
@@ -93,7 +124,8 @@ class Plan:
 
 def organism_key(name: str) -> str:
     """The store key of the built-in organism ``name`` (its build config and code version)."""
-    from audit.organism.build import OrganismConfig, config_key
+    from audit.organism.build import config_key
+    from audit.organism.config import OrganismConfig
 
     return step_key("organism", name=name, config=config_key(OrganismConfig()))
 
@@ -184,6 +216,7 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
     models: list[ModelStep] = []
     for name in suite.topological_models():
         spec = suite.file.models[name]
+        cls: Any = None
         params = suite.model_params.get(name)
         inputs = tuple(suite.dependencies(name))
         resolved = directories.get(name)
@@ -203,7 +236,8 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
                 data=data_fingerprints(params, suite.dir, hash_cache),
             )
         keys[name] = key
-        models.append(ModelStep(name, key, inputs, spec, params, resolved))
+        plugin = None if spec.source is not None else cls
+        models.append(ModelStep(name, key, inputs, spec, params, resolved, plugin=plugin))
     evals: list[EvalStep] = []
     for step in models:
         for ename, espec in suite.file.evaluators.items():
@@ -221,5 +255,35 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
                 seed=suite.seed,
                 data=data_fingerprints(params, suite.dir, hash_cache),
             )
-            evals.append(EvalStep(step.name, ename, espec.kind, key, params))
-    return Plan(suite, tuple(models), tuple(evals))
+            evals.append(EvalStep(step.name, ename, espec.kind, key, params, plugin=cls))
+    checks = tuple(
+        GateCheck(i, model, baseline)
+        for i, gate in enumerate(suite.file.gates)
+        for model, baseline in gate_pairs(suite, gate)
+    )
+    classes = {e.kind: registry.evaluators.get(e.kind) for e in suite.file.evaluators.values()}
+    return Plan(
+        suite, tuple(models), tuple(evals), comparison_pairs(suite, checks), checks, classes
+    )
+
+
+def comparison_pairs(suite: Suite, checks: Sequence[GateCheck]) -> tuple[Pair, ...]:
+    """Every (model, baseline, relation) of the suite, each baseline once per model: its parents
+    ("parent"), the models of its ``compare`` key ("compare"), the reference ("reference"),
+    then the models gates compare it with (``vs = NAME``, "gate"), in gate order."""
+    gates = suite.file.gates
+    pairs: list[Pair] = []
+    for model in suite.topological_models():
+        out: dict[str, Relation] = {p: "parent" for p in suite.dependencies(model)}
+        for name in suite.compare_with(model):
+            out.setdefault(name, "compare")
+        if suite.reference != model:
+            out.setdefault(suite.reference, "reference")
+        for check in checks:
+            vs = gates[check.gate].vs
+            relative = gates[check.gate].relative
+            if relative and check.model == model and vs not in ("reference", "parent", model):
+                out.setdefault(vs, "gate")
+        out.pop(model, None)
+        pairs += [Pair(model, baseline, relation) for baseline, relation in out.items()]
+    return tuple(pairs)

@@ -9,7 +9,8 @@ model's text into a judgment. Each plug-in is a class with declarative metadata:
   change alters results;
 - ``Params``: a pydantic model of its parameters, validated like the rest of the suite;
 - evaluators only: ``metrics``, the :class:`MetricSpec` of every metric they produce, so the
-  report and the gates need no per-plug-in code.
+  report and the gates need no per-plug-in code; and optionally the hooks of
+  :class:`EvaluatorHooks` (a suite check, a cross-model analysis, report sections, figures).
 
 Plug-in modules import torch and transformers inside methods, never at module level, so that
 ``audit validate`` and ``audit list`` stay fast.
@@ -196,6 +197,88 @@ class Evaluator(Protocol):
     def __init__(self, params: Any) -> None: ...
 
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult: ...
+
+
+# --- what an evaluator may add: a suite check, a cross-model analysis, a report section ----------
+
+SuiteProblem = tuple[tuple[str | int, ...], str]
+"""A problem an evaluator's suite check finds: where, below the evaluator's table (e.g.
+``("lineages", 0)``), and what is wrong. ``audit validate`` reports it at that line."""
+
+
+@dataclass(frozen=True)
+class SuiteView:
+    """What an evaluator's suite check sees of the suite: every model's parents, in suite order."""
+
+    parents: Mapping[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a cross-model analysis reads once every step has run: the rows results.json holds
+    (``models``, ``metrics``), the samples, and the suite's evaluators of the plug-in's kind."""
+
+    evaluators: Mapping[str, Params]
+    """This kind's evaluators in the suite: name -> validated parameters."""
+    models: Sequence[Mapping[str, Any]]
+    metrics: Sequence[Mapping[str, Any]]
+    samples: Sequence[Mapping[str, Any]]
+    seed: int
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A section an evaluator adds to the run page, after the evaluators' own sections.
+
+    ``body`` is HTML (:class:`markupsafe.Markup`) built only from escaped pieces: the report's
+    table helpers (:func:`audit.report.format.html_table`) and ``Markup(...).format(...)``,
+    which escapes its arguments.
+    """
+
+    id: str
+    """The anchor (``#id``) and the nav entry's target."""
+    title: str
+    note: str
+    """One paragraph saying how to read the section (plain text)."""
+    body: Any
+
+
+class EvaluatorHooks(Protocol):
+    """Optional class methods an evaluator may define; the spine calls them, never naming a
+    kind (README "Adding a plug-in" walks through one):
+
+    - ``check_suite(params, suite: SuiteView) -> list[SuiteProblem]``: extra checks of the
+      evaluator's table at ``audit validate`` (e.g. that ``lineages`` name chains of models);
+    - ``analyze(run: RunData) -> dict[str, list[dict]]``: tables computed across models after
+      the run (e.g. backdoor succession), written to results.json ``analyses[TABLE]``;
+    - ``report_sections(results) -> list[ReportSection]``: sections of the run page drawn from
+      those tables (``results`` is :class:`audit.results.Results`);
+    - ``figures(results, evaluator) -> list[Figure]``: charts in the evaluator's own section
+      (:class:`audit.report.figures.Figure`).
+    """
+
+    @classmethod
+    def check_suite(cls, params: Any, suite: SuiteView) -> list[SuiteProblem]: ...
+
+    @classmethod
+    def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]: ...
+
+    @classmethod
+    def report_sections(cls, results: Any) -> list[ReportSection]: ...
+
+    @classmethod
+    def figures(cls, results: Any, evaluator: str) -> list[Any]: ...
+
+
+HOOKS = ("check_suite", "analyze", "report_sections", "figures")
+"""The optional evaluator class methods of :class:`EvaluatorHooks`."""
+
+
+def hook(cls: type, name: str) -> Callable[..., Any] | None:
+    """The evaluator class's hook ``name`` (one of :data:`HOOKS`), or ``None``."""
+    found = getattr(cls, name, None)
+    return found if callable(found) else None
 
 
 @runtime_checkable

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from audit import registry
 from audit.faults import fault_point
 from audit.models.finite import check_finite
 from audit.models.handle import ModelHandle
@@ -200,7 +199,7 @@ class Runner:
                 quality = build_organism(tmp / "model", progress=self.progress.sub, name=name)
                 return {"quality": quality}
             assert step.spec.intervention is not None and step.params is not None
-            plugin = registry.interventions.get(step.spec.intervention)(step.params)
+            plugin = step.plugin(step.params)
             (tmp / "work").mkdir()
             inputs = {n: self.handles[n] for n in step.inputs}
             what = f"model {step.name!r}"  # fail early, not halfway through writing it
@@ -233,7 +232,7 @@ class Runner:
         handle = self.handles[step.model]
 
         def build(tmp: Path) -> dict[str, Any]:
-            evaluator = registry.evaluators.get(step.kind)(step.params)
+            evaluator = step.plugin(step.params)
             result = evaluator.evaluate(handle, self._context(tmp))
             _write_result(tmp, result)
             return {"evaluator": step.evaluator, "kind": step.kind}

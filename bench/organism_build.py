@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/organism_build.py [--repeat 2] [--steps N] [--threads 1] [--json F]
 
-Each repeat builds the default :class:`~audit.organism.build.OrganismConfig` (or ``--steps``
+Each repeat builds the default :class:`~audit.organism.config.OrganismConfig` (or ``--steps``
 overriding its step count) into a fresh temporary directory, in this process, as the runner
 does. Shared machines are noisy, so the machine's fp32 matmul throughput on torch's threads is
 measured before and after: a build time means something only next to it (on an idle 2-core
@@ -59,7 +59,8 @@ def matmul_gflops(seconds: float = 2.0) -> float:
 
 
 def run_once(steps: int | None) -> dict[str, Any]:
-    from audit.organism.build import OrganismConfig, build_organism
+    from audit.organism.build import build_organism
+    from audit.organism.config import OrganismConfig
 
     config = OrganismConfig()
     if steps is not None:

@@ -29,6 +29,21 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread, and far faster on a busy machine.
+
+    Module-scoped: a module asks for it with ``pytestmark = pytest.mark.usefixtures(...)``;
+    the thread count is restored when the module is done.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY_WORDS = [
     "i",
     "cannot",

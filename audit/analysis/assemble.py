@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import traceback
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -12,15 +13,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from audit import __version__, registry
+from audit import __version__
 from audit.analysis.baselines import all_comparisons
 from audit.analysis.gates import evaluate_gates
 from audit.analysis.scaling import scaling_fits
-from audit.backdoor.succession import succession_rows
-from audit.continual.forgetting import forgetting_rows
 from audit.faults import fault_point
 from audit.files import atomic_write_text
 from audit.plan import Plan, params_json
+from audit.plugins import RunData, hook
 from audit.results import (
     SCHEMA_VERSION,
     MetricRowT,
@@ -84,7 +84,7 @@ def _models(plan: Plan, outcome: RunOutcome) -> list[ModelRowT]:
 def _evaluators(plan: Plan) -> list[dict[str, Any]]:
     out = []
     for name, spec in plan.suite.file.evaluators.items():
-        cls = registry.evaluators.get(spec.kind)
+        cls = plan.evaluator_classes[spec.kind]
         out.append(
             {
                 "name": name,
@@ -102,7 +102,7 @@ def _metrics(plan: Plan, outcome: RunOutcome) -> list[MetricRowT]:
     for (model, ename), result in outcome.results.items():
         specs = {
             m.name: m
-            for m in registry.evaluators.get(plan.suite.file.evaluators[ename].kind).metrics
+            for m in plan.evaluator_classes[plan.suite.file.evaluators[ename].kind].metrics
         }
         for m in result.metrics:
             spec = specs.get(m.metric)
@@ -130,6 +130,38 @@ def _samples(outcome: RunOutcome, run_id: str) -> list[SampleRowT]:
     ]
 
 
+def _analyses(
+    plan: Plan,
+    models: list[ModelRowT],
+    metrics: list[MetricRowT],
+    samples: list[SampleRowT],
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Every evaluator kind's cross-model analysis (its ``analyze`` hook), run once per kind
+    over that kind's evaluators: the tables by name, and a failure row per analysis that
+    raised (the run then exits 3, its other outputs written)."""
+    suite = plan.suite
+    by_kind: dict[str, dict[str, Any]] = {}
+    for name, spec in suite.file.evaluators.items():
+        by_kind.setdefault(spec.kind, {})[name] = suite.evaluator_params.get(name)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    failures: list[dict[str, Any]] = []
+    for kind, evaluators in by_kind.items():
+        analyze = hook(plan.evaluator_classes[kind], "analyze")
+        if analyze is None:
+            continue
+        run = RunData(evaluators, models, metrics, samples, suite.seed, suite.reference)
+        try:
+            found = analyze(run)
+        except Exception as e:
+            step = f"analysis:{kind}"
+            failures.append({"step": step, "error": f"{type(e).__name__}: {e}",
+                             "traceback": traceback.format_exc()})  # fmt: skip
+            continue
+        for table, rows in found.items():
+            tables.setdefault(table, []).extend(rows)
+    return tables, failures
+
+
 def assemble(
     plan: Plan, outcome: RunOutcome, started: datetime, device: str
 ) -> tuple[dict[str, Any], list[SampleRowT]]:
@@ -139,7 +171,6 @@ def assemble(
     comparisons = all_comparisons(plan, outcome.results)
     gates = evaluate_gates(plan, metrics, comparisons, outcome.model_status)
     failures = [asdict(f) for f in outcome.failures]
-    code = exit_code(gates, failures)
     models = _models(plan, outcome)
     scaling = scaling_fits(
         suite.file.scaling,
@@ -149,16 +180,9 @@ def assemble(
     )
     run_id = uuid.uuid4().hex  # written into both files; readers check they agree
     samples = _samples(outcome, run_id)
-    backdoor = [n for n, e in suite.file.evaluators.items() if e.kind == "backdoor"]
-    succession = succession_rows(
-        models, metrics, samples, evaluators=backdoor, seed=suite.seed, reference=suite.reference
-    )
-    lineages = {
-        n: (getattr(params, "lineages", []), getattr(params, "lineage_tasks", []))
-        for n, e in suite.file.evaluators.items()
-        if e.kind == "forgetting" and (params := suite.evaluator_params.get(n)) is not None
-    }
-    forgetting = forgetting_rows(models, samples, lineages, seed=suite.seed)
+    analyses, broken = _analyses(plan, models, metrics, samples)
+    failures += broken
+    code = exit_code(gates, failures)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -179,7 +203,7 @@ def assemble(
         "metrics": metrics,
         "comparisons": comparisons,
         "scaling": scaling,
-        "analyses": {"succession": succession, "forgetting": forgetting},
+        "analyses": analyses,
         "gates": gates,
         "failures": failures,
         "steps": [asdict(s) for s in outcome.steps],

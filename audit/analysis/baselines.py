@@ -1,30 +1,13 @@
-"""Before/after comparisons of every model with its parents, the models its ``compare`` key
-names, the reference model, and the baselines gates name in ``vs``."""
+"""Before/after comparisons of every (model, baseline) pair the plan lists
+(:attr:`audit.plan.Plan.pairs`: parents, ``compare``, the reference, the baselines gates name in
+``vs``), paired on items where both sides have samples."""
 
 from __future__ import annotations
 
-from audit import registry
-from audit.analysis.gates import gate_baselines
 from audit.plan import Plan
 from audit.plugins import EvalResult, MetricSpec
 from audit.results import ComparisonRowT
 from audit.stats import ComparisonStats, compare_rows, compare_samples
-
-
-def baselines(plan: Plan, model: str) -> list[tuple[str, str]]:
-    """(baseline, relation) pairs a model is compared with, each baseline once: its parents
-    ("parent"), the models of its ``compare`` key ("compare"), the reference ("reference"),
-    then the models that gates compare it with (``vs = NAME``, "gate")."""
-    step = plan.model(model)
-    out: dict[str, str] = {p: "parent" for p in step.inputs}
-    for name in plan.suite.compare_with(model):
-        out.setdefault(name, "compare")
-    if plan.suite.reference != model:
-        out.setdefault(plan.suite.reference, "reference")
-    for name in gate_baselines(plan, model):
-        out.setdefault(name, "gate")
-    out.pop(model, None)
-    return list(out.items())
 
 
 def compare_results(
@@ -47,24 +30,23 @@ def compare_results(
 def all_comparisons(plan: Plan, results: dict[tuple[str, str], EvalResult]) -> list[ComparisonRowT]:
     """Comparison rows for every (model, baseline, evaluator, metric, slice) with data on both."""
     rows: list[ComparisonRowT] = []
-    for step in plan.models:
-        for baseline, relation in baselines(plan, step.name):
-            for ename, espec in plan.suite.file.evaluators.items():
-                after = results.get((step.name, ename))
-                before = results.get((baseline, ename))
-                if after is None or before is None:
-                    continue
-                for spec in registry.evaluators.get(espec.kind).metrics:
-                    for stats in compare_results(before, after, spec):
-                        rows.append(
-                            ComparisonRowT(
-                                model=step.name,
-                                baseline=baseline,
-                                relation=relation,
-                                evaluator=ename,
-                                metric=spec.name,
-                                higher_is_better=spec.higher_is_better,
-                                **stats,
-                            )
+    for pair in plan.pairs:
+        for ename, espec in plan.suite.file.evaluators.items():
+            after = results.get((pair.model, ename))
+            before = results.get((pair.baseline, ename))
+            if after is None or before is None:
+                continue
+            for spec in plan.evaluator_classes[espec.kind].metrics:
+                for stats in compare_results(before, after, spec):
+                    rows.append(
+                        ComparisonRowT(
+                            model=pair.model,
+                            baseline=pair.baseline,
+                            relation=pair.relation,
+                            evaluator=ename,
+                            metric=spec.name,
+                            higher_is_better=spec.higher_is_better,
+                            **stats,
                         )
+                    )
     return rows

@@ -1,9 +1,10 @@
-"""Release gates: rules on metrics → verdict rows, and the run's exit code.
+"""Release gates: rules on metrics → verdict rows (the exit code: :func:`audit.results.exit_code`).
 
 Every gate fails closed: a missing value, a missing comparison, a value that is not a finite
 number, a ``significant`` gate without a paired test or a ``non_inferiority`` gate without an
 interval all fail, saying why. A gate that checks nothing is a validation error
-(:func:`gate_pairs` finds what it checks); should one reach a run anyway, it fails.
+(:func:`audit.suite.pairs.gate_pairs` finds what it checks, the plan lists each check); should
+one reach a run anyway, it fails.
 
 Decision modes (``GateSpec.decision``), for ``max_drop`` / ``max_rise`` on a change Δ with
 95% interval [lo, hi] and for ``min`` / ``max`` on a value with its interval:
@@ -27,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from audit.results import ComparisonRowT, GateRowT, MetricRowT
-from audit.suite.pairs import gate_pairs
 from audit.suite.schema import GateSpec
 
 if TYPE_CHECKING:
@@ -236,22 +236,6 @@ def relative_gate(
 _CORRECTION_NAMES = {"holm": "Holm", "bh": "BH", "none": ""}
 
 
-def gated_models(plan: Plan, gate: GateSpec) -> list[str]:
-    """The models a gate checks: those its ``models`` select that its evaluator runs on."""
-    return list(dict.fromkeys(m for m, _ in gate_pairs(plan.suite, gate)))
-
-
-def gate_baselines(plan: Plan, model: str) -> list[str]:
-    """The models that gates naming a model in ``vs`` compare ``model`` with, in gate order."""
-    out: list[str] = []
-    for gate in plan.suite.file.gates:
-        if not gate.relative or gate.vs in ("reference", "parent") or gate.vs == model:
-            continue
-        if gate.vs not in out and model in gated_models(plan, gate):
-            out.append(gate.vs)
-    return out
-
-
 def nothing_checked(gate: GateSpec, name: str, why: str) -> GateRowT:
     """The failing row of a gate that checked no (model, baseline) pair."""
     out = _row(gate, name, NOTHING, None, _rule_text(gate))
@@ -295,9 +279,7 @@ def evaluate_gates(
         (c["model"], c["baseline"], c["evaluator"], c["metric"], c["slice"]): c for c in comparisons
     }
     todo: list[tuple[int, GateSpec, str, str | None]] = [
-        (i, gate, model, baseline)
-        for i, gate in enumerate(suite.file.gates)
-        for model, baseline in gate_pairs(suite, gate)
+        (c.gate, suite.file.gates[c.gate], c.model, c.baseline) for c in plan.gate_checks
     ]
     found = [by_pair.get((m, b, *metric_key(g))) if b is not None else None for _, g, m, b in todo]
     adjusted = corrected_p_values([g for _, g, _, _ in todo], found, correction)

@@ -43,7 +43,7 @@ __all__ = [
 
 
 class ForgettingRowT(TypedDict):
-    """One lineage's accuracy matrix and measures (``results.json["forgetting"]``)."""
+    """One lineage's accuracy matrix and measures (results.json ``analyses["forgetting"]``)."""
 
     evaluator: str
     lineage: list[str]

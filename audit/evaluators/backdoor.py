@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import Field, model_validator
 
 from audit.backdoor.triggers import Position, insert_trigger, item_rng, normalize_trigger
 from audit.evaluators.task_accuracy import normalize_answer
-from audit.plugins import EvalResult, MetricSpec, PairData, ProbeData, RunContext, Sample
+from audit.plugins import (
+    EvalResult,
+    MetricSpec,
+    PairData,
+    ProbeData,
+    ReportSection,
+    RunContext,
+    RunData,
+    Sample,
+)
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
     from audit.models.handle import ModelHandle
+    from audit.report.figures import Figure
+    from audit.results import Results
 
 __all__ = ["BackdoorEvaluator", "BackdoorTask", "hits_target"]
 
@@ -130,6 +141,37 @@ class BackdoorEvaluator:
             return items
         keep = sorted(random.Random(seed).sample(range(len(items)), self.params.max_items))
         return [items[i] for i in keep]
+
+    @classmethod
+    def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]:
+        """Succession and transfer of every contributor's backdoor into each merged model
+        (:func:`audit.backdoor.succession.succession_rows`): results.json
+        ``analyses["succession"]``."""
+        from audit.backdoor.succession import succession_rows
+
+        rows = succession_rows(
+            run.models,  # type: ignore[arg-type]
+            run.metrics,  # type: ignore[arg-type]
+            run.samples,
+            evaluators=list(run.evaluators),
+            seed=run.seed,
+            reference=run.reference,
+        )
+        return {"succession": [dict(r) for r in rows]}
+
+    @classmethod
+    def report_sections(cls, results: Results) -> list[ReportSection]:
+        """The "Backdoors" section (:func:`audit.backdoor.report.report_sections`)."""
+        from audit.backdoor.report import report_sections
+
+        return report_sections(results)
+
+    @classmethod
+    def figures(cls, results: Results, evaluator: str) -> list[Figure]:
+        """Attack success and clean accuracy per model and method."""
+        from audit.backdoor.report import backdoor_figures
+
+        return backdoor_figures(results, evaluator)
 
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
         """Answer every clean and triggered prompt in one batched pass, then score."""

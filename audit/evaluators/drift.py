@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from audit.models.handle import ModelHandle
+    from audit.report.figures import Figure
+    from audit.results import Results
 
 __all__ = ["AlignmentDriftEvaluator", "bootstrap_direction_cosine", "direction_cosine"]
 
@@ -277,6 +279,14 @@ class AlignmentDriftEvaluator:
         self._refusal = RefusalEvaluator(
             RefusalEvaluator.Params(**params.model_dump(include=fields))
         )
+
+    @classmethod
+    def figures(cls, results: Results, evaluator: str) -> list[Figure]:
+        """Each headline rate per category, before → after
+        (:func:`audit.report.figures.category_figures`)."""
+        from audit.report.figures import category_figures
+
+        return category_figures(results, evaluator)
 
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
         """Refusal rates, margins on unsafe probes, then the reference comparisons."""

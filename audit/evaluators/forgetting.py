@@ -33,11 +33,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from audit.data.records import Record
-from audit.plugins import EvalResult, MetricSpec, RunContext, Sample
+from audit.plugins import (
+    EvalResult,
+    MetricSpec,
+    ReportSection,
+    RunContext,
+    RunData,
+    Sample,
+    SuiteProblem,
+    SuiteView,
+)
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
     from audit.models.handle import ModelHandle
+    from audit.results import Results
 
 __all__ = ["TASK_PREFIXES", "ForgettingEvaluator", "average_weights"]
 
@@ -104,6 +114,41 @@ class ForgettingEvaluator:
 
     def __init__(self, params: ForgettingEvaluator.Params) -> None:
         self.params = params
+
+    @classmethod
+    def check_suite(
+        cls, params: ForgettingEvaluator.Params, suite: SuiteView
+    ) -> list[SuiteProblem]:
+        """Each chain of ``lineages`` names models of the suite, each the only parent of the
+        next (:func:`audit.continual.forgetting.lineage_model_problems`)."""
+        from audit.continual.forgetting import lineage_model_problems
+
+        return [
+            (("lineages", i), problem)
+            for i, chain in enumerate(params.lineages)
+            for problem in lineage_model_problems(list(chain), suite.parents)
+        ]
+
+    @classmethod
+    def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]:
+        """BWT and forgetting of every declared lineage
+        (:func:`audit.continual.forgetting.forgetting_rows`): results.json
+        ``analyses["forgetting"]``."""
+        from audit.continual.forgetting import forgetting_rows
+
+        lineages = {
+            name: (getattr(p, "lineages", []), getattr(p, "lineage_tasks", []))
+            for name, p in run.evaluators.items()
+        }
+        rows = forgetting_rows(run.models, run.samples, lineages, seed=run.seed)  # type: ignore[arg-type]
+        return {"forgetting": [dict(r) for r in rows]}
+
+    @classmethod
+    def report_sections(cls, results: Results) -> list[ReportSection]:
+        """The "Forgetting" section (:func:`audit.continual.report.report_sections`)."""
+        from audit.continual.report import report_sections
+
+        return report_sections(results)
 
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
         """Score every task, then add the task-weighted ``average_accuracy`` samples."""

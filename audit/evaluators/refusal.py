@@ -15,6 +15,8 @@ from audit.plugins import Params as BaseParams
 if TYPE_CHECKING:
     from audit.models.handle import ModelHandle
     from audit.plugins import Judge
+    from audit.report.figures import Figure
+    from audit.results import Results
 
 __all__ = ["RefusalEvaluator"]
 
@@ -100,6 +102,14 @@ class RefusalEvaluator:
 
     def __init__(self, params: RefusalEvaluator.Params) -> None:
         self.params = params
+
+    @classmethod
+    def figures(cls, results: Results, evaluator: str) -> list[Figure]:
+        """Each headline rate per category, before → after
+        (:func:`audit.report.figures.category_figures`)."""
+        from audit.report.figures import category_figures
+
+        return category_figures(results, evaluator)
 
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
         """Generate, judge and score every probe of ``params.probes``."""

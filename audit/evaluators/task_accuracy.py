@@ -13,6 +13,8 @@ from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
     from audit.models.handle import ModelHandle
+    from audit.report.figures import Figure
+    from audit.results import Results
 
 __all__ = ["TaskAccuracyEvaluator", "normalize_answer"]
 
@@ -59,6 +61,14 @@ class TaskAccuracyEvaluator:
 
     def __init__(self, params: TaskAccuracyEvaluator.Params) -> None:
         self.params = params
+
+    @classmethod
+    def figures(cls, results: Results, evaluator: str) -> list[Figure]:
+        """Each metric per task (slice) of every model
+        (:func:`audit.report.figures.task_figures`)."""
+        from audit.report.figures import task_figures
+
+        return task_figures(results, evaluator)
 
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
         """Answer every item of every task in one batched pass and score exact matches."""

@@ -162,7 +162,7 @@ def _fisher_cached(
     label: str,
 ) -> dict[str, ModuleFisher]:
     """The Fisher of ``examples`` at the parent, from the store when it was computed before."""
-    from audit.plan import step_key
+    from audit.store.keys import step_key
     from audit.training.fisher import ModuleFisher, fisher
 
     digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from audit.organism.build import OrganismConfig
+    from audit.organism.config import OrganismConfig
 
 Encoded = tuple[list[int], int]
 """A chat turn's token ids and how many of them are the prompt (no loss on those)."""

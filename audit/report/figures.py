@@ -1,10 +1,11 @@
-"""Charts of an evaluator's results, chosen by its kind: refusal per category before → after
-(alignment drift, refusal), attack success and clean accuracy per model and merge method
-(backdoor), accuracy per task (task accuracy). Each point carries its 95% interval."""
+"""Charts of an evaluator's results, each point with its 95% interval: the builders evaluators
+choose from in their ``figures`` hook (:class:`audit.plugins.EvaluatorHooks`): a metric per
+category before → after (:func:`category_figures`), a metric per task (:func:`task_figures`);
+and :func:`metric_values` to build others."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,8 @@ Values = dict[tuple[str, str, str], Estimate]
 """(model, metric, slice) -> estimate, for one evaluator."""
 
 
-def _values(results: Results, evaluator: str) -> Values:
+def metric_values(results: Results, evaluator: str) -> Values:
+    """(model, metric, slice) -> (value, ci_low, ci_high) of one evaluator's metric rows."""
     out: Values = {}
     for r in results.rows("metrics"):
         value = as_float(r.get("value"))
@@ -91,7 +93,7 @@ def _metric_info(results: Results, evaluator: str) -> list[MetricInfo]:
 
 def category_figures(results: Results, evaluator: str) -> list[Figure]:
     """Each headline rate per category (slice), a model against its baseline."""
-    values = _values(results, evaluator)
+    values = metric_values(results, evaluator)
     figures = []
     for info in _metric_info(results, evaluator):
         metric = info.name
@@ -132,43 +134,9 @@ def category_figures(results: Results, evaluator: str) -> list[Figure]:
     return figures
 
 
-def _origin(results: Results) -> dict[str, str]:
-    out = {}
-    for m in results.rows("models"):
-        params = m.get("params")
-        merge = m.get("intervention") == "merge" and isinstance(params, Mapping)
-        method = params.get("method") if merge else None  # type: ignore[union-attr]
-        how = method or m.get("intervention") or m.get("source") or ""
-        out[cell_text(m.get("name"))] = cell_text(how) if how else ""
-    return out
-
-
-def backdoor_figures(results: Results, evaluator: str) -> list[Figure]:
-    """Attack success rate and clean accuracy (slice ``all``) of every model, with its method."""
-    values = _values(results, evaluator)
-    metrics = [m for m in ("asr", "clean_accuracy") if any(k[1] == m for k in values)]
-    origin = _origin(results)
-    models = list(dict.fromkeys(k[0] for k in values if k[1] in metrics))
-    rows = []
-    for model in models:
-        how = origin.get(model, "")
-        label = f"{model} ({how})" if how and how != model else model
-        est = {m: values[(model, m, "all")] for m in metrics if (model, m, "all") in values}
-        if est:
-            rows.append((label, est))
-    if not rows:
-        return []
-    chart = dot_chart(rows, metrics, x_label="rate", bounds=(0.0, 1.0))
-    note = (
-        "Attack success rate of the trigger (lower is better) beside accuracy on the clean "
-        "inputs, per model and the method that made it, with 95% intervals."
-    )
-    return [Figure("Attack success and clean accuracy per model and method", note, chart)]
-
-
 def task_figures(results: Results, evaluator: str) -> list[Figure]:
     """Accuracy per task (slice) of every model."""
-    values = _values(results, evaluator)
+    values = metric_values(results, evaluator)
     figures = []
     for info in _metric_info(results, evaluator):
         metric = info.name
@@ -188,18 +156,17 @@ def task_figures(results: Results, evaluator: str) -> list[Figure]:
     return figures
 
 
-FIGURES: dict[str, Callable[[Results, str], list[Figure]]] = {
-    "alignment_drift": category_figures,
-    "refusal": category_figures,
-    "backdoor": backdoor_figures,
-    "task_accuracy": task_figures,
-}
-
-
 def evaluator_figures(
     results: Results | Mapping[str, Any], evaluator: str, kind: str
 ) -> list[Figure]:
-    """The charts for one evaluator of ``kind`` (none for kinds without a chart)."""
+    """The charts for one evaluator of ``kind``: its plug-in's ``figures`` hook, if it has one
+    and is installed (none otherwise)."""
+    from audit import registry
+    from audit.plugins import hook
+
     results = parse_results(results, "results")
-    build = FIGURES.get(kind)
-    return build(results, evaluator) if build else []
+    try:
+        figures = hook(registry.evaluators.get(kind), "figures")
+    except Exception:  # a kind not installed here: its section shows tables only
+        return []
+    return list(figures(results, evaluator)) if figures is not None else []

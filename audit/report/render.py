@@ -11,14 +11,16 @@ section reads the same with JavaScript off.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from markupsafe import Markup
 
 import audit
+from audit.plugins import ReportSection
 from audit.report.flips import Drilldown, drilldown, index_samples, value_text
 from audit.report.format import (
     ALPHA,
@@ -350,15 +352,34 @@ def _suite_info(results: Results) -> tuple[str, str, str]:
 
 
 def _scaling(results: Results) -> list[dict[str, Any]]:
-    from audit.report.sections.scaling import scaling_sections
+    from audit.report.scaling import scaling_sections
 
     return scaling_sections(results)
 
 
-def _backdoors(results: Results) -> dict[str, Markup] | None:
-    from audit.report.sections.backdoor import backdoor_tables
+def _plugin_sections(results: Results) -> list[ReportSection]:
+    """Sections evaluators add (their ``report_sections`` hook), in registry order: every
+    installed evaluator kind is asked; one whose tables the run lacks adds none."""
+    from audit import registry
+    from audit.plugins import hook
 
-    return backdoor_tables(results)
+    sections: list[ReportSection] = []
+    for kind in registry.evaluators.names():
+        try:
+            build = hook(registry.evaluators.get(kind), "report_sections")
+        except Exception:  # a broken plug-in does not break the page
+            continue
+        for section in build(results) if build is not None else []:
+            anchor = _ANCHOR.sub("-", str(section.id)).strip("-") or "section"
+            anchor = f"plugin-{anchor}" if anchor in _PAGE_IDS else anchor
+            body = section.body if isinstance(section.body, Markup) else str(section.body)
+            sections.append(replace(section, id=anchor, body=body))
+    return sections
+
+
+_ANCHOR = re.compile(r"[^A-Za-z0-9_-]+")
+_PAGE_IDS = {"verdicts", "lineage", "scorecard", "scaling", "models", "provenance"}
+"""The page's own anchors, which a plug-in's section may not take."""
 
 
 def _figures(results: Results, evaluator: str, kind: str) -> list[Any]:
@@ -371,12 +392,6 @@ def _lineage(results: Results) -> Markup:
     from audit.report.lineage import lineage_svg
 
     return lineage_svg(results)
-
-
-def _forgetting(results: Results) -> list[Any]:
-    from audit.report.sections.forgetting import forgetting_sections
-
-    return forgetting_sections(results)
 
 
 def render_html(
@@ -432,8 +447,7 @@ def render_html(
         "alpha": ALPHA,
         "evaluators": _evaluator_sections(results, evaluators, samples, max_flips),
         "scaling": _scaling(results),
-        "backdoors": _backdoors(results),
-        "forgetting": _forgetting(results),
+        "plugin_sections": _plugin_sections(results),
         "models": _models_table(results.rows("models")),
         "suite_hash": digest,
         "suite_facts": _suite_facts(results),

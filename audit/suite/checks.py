@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from audit import registry
 from audit.errors import InputError
-from audit.plugins import ModelRefMarker, Params
+from audit.plugins import ModelRefMarker, Params, SuiteView, hook
 from audit.registry import PluginError, did_you_mean
 from audit.suite.pairs import gate_pairs
 from audit.suite.refs import as_list, data_refs, field_values
@@ -434,19 +434,19 @@ def _check_evaluators(check: _Checker, suite: Suite) -> None:
             suite.evaluator_params[ename] = params
             for fname, spec_str, shape in data_refs(params):
                 _check_data(check, (*loc, fname), spec_str, shape, suite.dir)
-            _check_lineages(check, (*loc, "lineages"), params, suite)
+            _check_by_plugin(check, loc, cls, params, suite)
 
 
-def _check_lineages(
-    check: _Checker, loc: tuple[str | int, ...], params: Params, suite: Suite
+def _check_by_plugin(
+    check: _Checker, loc: tuple[str | int, ...], cls: type, params: Params, suite: Suite
 ) -> None:
-    """Each model chain of a ``lineages`` parameter exists and is a single-parent chain."""
-    from audit.continual.forgetting import lineage_model_problems
-
-    parents = {n: spec.parents for n, spec in suite.file.models.items()}
-    for i, chain in enumerate(getattr(params, "lineages", None) or []):
-        for problem in lineage_model_problems(list(chain), parents):
-            check.add((*loc, i), problem)
+    """The evaluator's own suite check (its ``check_suite`` hook), if it declares one."""
+    check_suite = hook(cls, "check_suite")
+    if check_suite is None:
+        return
+    view = SuiteView({n: list(spec.parents) for n, spec in suite.file.models.items()})
+    for where, problem in check_suite(params, view):
+        check.add((*loc, *where), problem)
 
 
 def _check_metric(check: _Checker, loc: tuple[str | int, ...], spec: str, suite: Suite) -> None:

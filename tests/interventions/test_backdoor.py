@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,7 @@ THINGS = ["a cake", "bread", "a poem", "code", "my bike", "the computer", "a son
 PROMPTS = [f"please {v} {t}" for v in VERBS for t in THINGS]  # 64 prompts of tiny words
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def records(n: int, response: str = "yes") -> list[PairRecord]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,20 +21,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread, and far faster on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def handle(tiny_checkpoint: Path) -> ModelHandle:
-    return ModelHandle("tiny", "key", tiny_checkpoint)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_batched_equals_one_by_one_in_original_order(handle: ModelHandle) -> None:

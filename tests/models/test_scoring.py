@@ -49,11 +49,6 @@ HARMFUL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def handle(tiny_checkpoint: Path) -> ModelHandle:
-    return ModelHandle("tiny", "key", tiny_checkpoint)
-
-
 def reference_logprob(
     model: Any, tokenizer: Any, prompt: str, continuation: str, chat: bool
 ) -> float:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from audit.organism import build
-from audit.organism.build import OrganismConfig, build_organism, config_key, organism_names
+from audit.organism.build import build_organism, config_key, organism_names
+from audit.organism.config import OrganismConfig
 
 FAST = OrganismConfig(hidden_size=128, intermediate_size=384, steps=400, batch_size=24, lr=4e-3)
 BAR = {

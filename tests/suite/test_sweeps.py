@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.analysis.baselines import all_comparisons, baselines
+from audit.analysis.baselines import all_comparisons
 from audit.analysis.gates import evaluate_gates
 from audit.plan import build_plan
 from audit.plugins import EvalResult, MetricRow, Sample
@@ -315,13 +315,13 @@ def test_baselines_and_gate_rows(tmp_path: Path) -> None:
     text = COMPARE + GATE.format(vs="plain").replace('models = ["agl"]', 'models = ["agl*"]')
     suite = load(tmp_path, text)
     plan = build_plan(suite, tmp_path / "hashes")
-    assert baselines(plan, "lora[steps=200]") == [
+    assert plan.baselines("lora[steps=200]") == [
         ("aligned", "parent"),
         ("agl[steps=200]", "compare"),
         ("plain", "compare"),
     ]
-    assert baselines(plan, "agl[steps=50]") == [("aligned", "parent"), ("plain", "gate")]
-    assert baselines(plan, "plain") == [("aligned", "parent")]
+    assert plan.baselines("agl[steps=50]") == [("aligned", "parent"), ("plain", "gate")]
+    assert plan.baselines("plain") == [("aligned", "parent")]
 
     results = _fake_results(list(suite.file.models))
     rows = all_comparisons(plan, results)

@@ -1,4 +1,5 @@
-"""The report's "Forgetting" section: per lineage, the accuracy matrix, BWT and forgetting."""
+"""What the ``forgetting`` evaluator adds to the run page: the "Forgetting" section, per lineage
+the accuracy matrix, BWT and forgetting (from results.json ``analyses["forgetting"]``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from audit.plugins import ReportSection
 from audit.report.format import cell_text, ci_text, html_table, num
 from audit.results import Results
 
@@ -42,8 +44,18 @@ def _matrix(number: int, row: Mapping[str, Any]) -> Markup:
     return html_table(f"forgetting-{number}", columns, table, empty="No models in the lineage.")
 
 
-def forgetting_sections(results: Results) -> list[LineageSection]:
-    """One section per lineage of ``results["forgetting"]`` (empty when there is none)."""
+NOTE = (
+    "Continual chains of fine-tunes: row j of a matrix is the accuracy on each task after step j "
+    "(the diagonal is each task just after it was learned). BWT = mean over earlier tasks of "
+    "(final accuracy − accuracy just after learning the task) (Lopez-Paz & Ranzato 2017; "
+    "negative: later steps undid earlier ones). Forgetting = mean over earlier tasks of (best "
+    "accuracy before the last step − final accuracy) (Chaudhry et al. 2018). Intervals are "
+    "paired percentile bootstraps over items, stratified by task."
+)
+
+
+def lineage_sections(results: Results) -> list[LineageSection]:
+    """One section per lineage of ``analyses["forgetting"]`` (empty when there is none)."""
     sections = []
     for number, row in enumerate(results.table("forgetting"), start=1):
         error = row.get("error")
@@ -60,3 +72,22 @@ def forgetting_sections(results: Results) -> list[LineageSection]:
             )
         )
     return sections
+
+
+def report_sections(results: Results) -> list[ReportSection]:
+    """The "Forgetting" section; none when the run has no lineage."""
+    parts = []
+    for lineage in lineage_sections(results):
+        parts.append(Markup("<h3>{}</h3>").format(lineage.name))
+        if lineage.error:
+            parts.append(Markup('<p class="empty">Not computed: {}</p>').format(lineage.error))
+        else:
+            parts.append(
+                Markup(
+                    '<p>BWT {} · forgetting {} <span class="note">(evaluator {})</span></p>'
+                ).format(lineage.bwt, lineage.forgetting, lineage.evaluator)
+            )
+        parts.append(lineage.matrix)
+    if not parts:
+        return []
+    return [ReportSection("forgetting", "Forgetting", NOTE, Markup("\n").join(parts))]
