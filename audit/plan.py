@@ -238,12 +238,13 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
         keys[name] = key
         plugin = None if spec.source is not None else cls
         models.append(ModelStep(name, key, inputs, spec, params, resolved, plugin=plugin))
+    classes = {e.kind: registry.evaluators.get(e.kind) for e in suite.file.evaluators.values()}
     evals: list[EvalStep] = []
     for step in models:
         for ename, espec in suite.file.evaluators.items():
             if step.name not in suite.evaluated_models(ename):
                 continue
-            cls = registry.evaluators.get(espec.kind)
+            cls = classes[espec.kind]
             params = suite.evaluator_params[ename]
             key = step_key(
                 "eval",
@@ -261,7 +262,6 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
         for i, gate in enumerate(suite.file.gates)
         for model, baseline in gate_pairs(suite, gate)
     )
-    classes = {e.kind: registry.evaluators.get(e.kind) for e in suite.file.evaluators.values()}
     return Plan(
         suite, tuple(models), tuple(evals), comparison_pairs(suite, checks), checks, classes
     )

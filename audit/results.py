@@ -32,6 +32,10 @@ SCHEMA_VERSION = 2
 """2: plug-in analysis tables moved into ``analyses`` (version 1 files are still read)."""
 
 
+StepStatus = Literal["ok", "failed", "skipped", "pending"]
+"""How a step (or the model it built) ended; ``pending`` only while a run is in progress."""
+
+
 class ModelRowT(TypedDict):
     name: str
     key: str
@@ -39,7 +43,7 @@ class ModelRowT(TypedDict):
     source: str | None
     intervention: str | None
     params: dict[str, Any]
-    status: str  # "ok" | "failed" | "skipped"
+    status: StepStatus
     training: dict[str, Any] | None  # TrainedModel.info of an intervention (tokens, steps, …)
     sweep: dict[str, Any] | None  # {"base", "param", "value"} for a member of a sweep
 
@@ -99,7 +103,7 @@ class StepRowT(TypedDict):
     step: str
     kind: str  # "model" | "eval"
     key: str
-    status: str  # "ok" | "failed" | "skipped"
+    status: StepStatus
     cached: bool
     duration_s: float
 
@@ -175,9 +179,6 @@ def _parse(text: str, path: Path, what: str, line: int | None = None) -> Any:
 
 
 # --------------------------------------------------------------------------- the typed model
-
-StepStatus = Literal["ok", "failed", "skipped", "pending"]
-"""How a step (or the model it built) ended; ``pending`` only while a run is in progress."""
 
 Verdict = Literal["pass", "fail", "error"]
 """A run's verdict; see :func:`verdict_of`."""

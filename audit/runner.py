@@ -30,6 +30,7 @@ from audit.resources import (
     is_out_of_memory,
     model_bytes,
 )
+from audit.results import StepStatus
 from audit.store.core import Store
 
 T = TypeVar("T")
@@ -60,7 +61,7 @@ class StepRecord:
     step: str
     kind: str
     key: str
-    status: str = "pending"  # ok | failed | skipped
+    status: StepStatus = "pending"
     cached: bool = False
     duration_s: float = 0.0
 
@@ -81,7 +82,7 @@ class RunOutcome:
     steps: list[StepRecord] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     results: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
-    model_status: dict[str, str] = field(default_factory=dict)
+    model_status: dict[str, StepStatus] = field(default_factory=dict)
     model_info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property

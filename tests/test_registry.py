@@ -117,3 +117,83 @@ def test_entry_point_plugin_is_listed_and_runs_from_a_suite(
     assert len(rows) == 1 and rows[0]["n"] == 2 and rows[0]["value"] > 0
     assert rows[0]["higher_is_better"] is False
     assert results["gates"][0]["passed"] is True
+
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "plugin-with-analysis" / "loss_gap_plugin.py"
+
+
+@pytest.fixture
+def analysis_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """README's worked plug-in (examples/plugin-with-analysis) installed as a distribution."""
+    site = tmp_path / "site-example"
+    site.mkdir()
+    (site / "loss_gap_plugin.py").write_text(EXAMPLE.read_text())
+    info = site / "loss_gap_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: loss-gap-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[audit.evaluators]\nloss_gap = loss_gap_plugin:LossGap\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def _analysis_suite(tmp_path: Path, tiny_checkpoint: Path, watch: str) -> Path:
+    (tmp_path / "pairs.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"say {w}", "response": w}) + "\n" for w in ("yes", "no", "ok")
+        )
+    )
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        textwrap.dedent(
+            f"""
+            [suite]
+            name = "analysis-plugin"
+            cache_dir = "cache"
+
+            [models.base]
+            source = "path:{tiny_checkpoint}"
+
+            [models.tuned]
+            from = "base"
+            intervention = "lora"
+            data = "path:pairs.jsonl"
+            steps = 3
+
+            [evaluators.gap]
+            kind = "loss_gap"
+            watch = [{watch}]
+            """
+        )
+    )
+    return suite
+
+
+def test_a_plug_in_brings_its_own_check_analysis_and_section(
+    analysis_plugin: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The spine calls the example's hooks without knowing it: its suite check reports at the
+    line, its analysis lands in results.json ``analyses``, its section in the page."""
+    bad = _analysis_suite(tmp_path, tiny_checkpoint, '"tuned", "nope"')
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "evaluators.gap.watch" in err and "unknown model 'nope'" in err
+
+    suite = _analysis_suite(tmp_path, tiny_checkpoint, '"tuned"')
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["analyses"]["loss_gap"]
+    assert (row["evaluator"], row["model"], row["parent"]) == ("gap", "tuned", "base")
+    loss = {
+        m["model"]: m["value"]
+        for m in results["metrics"]
+        if m["metric"] == "loss" and m["slice"] == "all"
+    }
+    assert row["gap"] == pytest.approx(loss["tuned"] - loss["base"])
+    page = (out / "index.html").read_text()
+    assert '<section id="loss-gap">' in page and 'href="#loss-gap"' in page

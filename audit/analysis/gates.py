@@ -269,7 +269,7 @@ def evaluate_gates(
     plan: Plan,
     metrics: Sequence[MetricRowT],
     comparisons: Sequence[ComparisonRowT],
-    model_status: dict[str, str],
+    model_status: Mapping[str, str],
 ) -> list[GateRowT]:
     """One row per gate × model (× baseline for relative rules)."""
     suite = plan.suite

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from audit.files import atomic_write_text
 from audit.models.loading import CheckpointNotFoundError
 
 __all__ = ["hash_directory"]
@@ -120,11 +121,5 @@ def _read_hash_cache(cache_path: Path | None, root: str) -> dict[str, dict[str, 
 def _write_hash_cache(cache_path: Path, root: str, files: dict[str, dict[str, Any]]) -> None:
     """Replace the cache file atomically; a cache that cannot be written is not an error."""
     payload = {"version": _HASH_CACHE_VERSION, "directory": root, "files": files}
-    tmp = cache_path.parent / f".{cache_path.name}.{os.getpid()}.tmp"
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(payload, indent=0, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, cache_path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    with contextlib.suppress(OSError):
+        atomic_write_text(cache_path, json.dumps(payload, indent=0, sort_keys=True))

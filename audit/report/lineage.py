@@ -59,31 +59,28 @@ class _Node:
 
 
 def _nodes(results: Results) -> dict[str, _Node]:
-    models = results.rows("models")
     node_of: dict[str, str] = {}
     nodes: dict[str, _Node] = {}
-    for m in models:
-        name = str(m.get("name"))
-        sweep = m.get("sweep")
-        group = str(sweep.get("base")) if isinstance(sweep, Mapping) and sweep.get("base") else name
-        node_of[name] = group
+    for m in results.models:
+        group = str(m.sweep.get("base")) if m.sweep and m.sweep.get("base") else m.name
+        node_of[m.name] = group
         node = nodes.setdefault(group, _Node(group, []))
-        node.members.append(name)
-        node.status.add(str(m.get("status") or ""))
-    for m in models:
-        node = nodes[node_of[str(m.get("name"))]]
-        for parent in m.get("parents") or []:
-            up = node_of.get(str(parent))
+        node.members.append(m.name)
+        node.status.add(m.status)
+    for m in results.models:
+        node = nodes[node_of[m.name]]
+        for parent in m.parents:
+            up = node_of.get(parent)
             if up is not None and up != node.name and up not in node.parents:
                 node.parents.append(up)
-    for g in results.rows("gates"):
-        if not isinstance(g, Mapping) or str(g.get("model")) not in node_of:
+    for g in results.gates:
+        if g.model not in node_of:
             continue
-        node = nodes[node_of[str(g.get("model"))]]
-        if g.get("passed"):
+        node = nodes[node_of[g.model]]
+        if g.passed:
             node.passed += 1
         else:
-            node.failed.append(str(g.get("name")))
+            node.failed.append(g.name)
     return nodes
 
 
