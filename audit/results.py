@@ -3,16 +3,20 @@
 Each run writes to its output directory:
 
 - ``results.json``: ``{"schema_version", "run_id", "suite", "environment", "models",
-  "metrics", "comparisons", "gates", "failures", "steps", "evaluators"}``; every table is a
-  list of flat rows that loads into pandas in one line: ``pd.DataFrame(json.load(f)["metrics"])``;
+  "metrics", "comparisons", "scaling", "analyses", "gates", "failures", "steps",
+  "evaluators"}``; every table is a list of flat rows that loads into pandas in one line:
+  ``pd.DataFrame(json.load(f)["metrics"])``;
 - ``samples.jsonl``: one :class:`audit.plugins.Sample` per line plus ``run_id``, ``model`` and
   ``evaluator``; ``run_id`` ties the two files together (:func:`load_samples` checks it);
 - ``index.html``: the report.
 
-Every command that reads results files reads them here (:func:`load_results`,
-:func:`load_samples`): anything that is not a run's output is a :class:`ResultsError`.
+Every reader of results (report, gallery, CI outputs, release comparison) reads them through
+the typed model :class:`Results` (:func:`load_results`, :func:`parse_results`) and
+:func:`load_samples`: anything that is not a run's output is a :class:`ResultsError` naming the
+field at fault. The ``*RowT`` TypedDicts are the rows as the writers build them in memory; the
+models below are what readers get (``tests/test_results.py`` keeps their columns equal).
 
-The row shapes below are the contract later issues and CI depend on; add columns, never rename.
+The row shapes are the contract later issues and CI depend on; add columns, never rename.
 """
 
 from __future__ import annotations

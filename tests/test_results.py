@@ -143,3 +143,31 @@ def test_an_infinite_metric_is_not_drawn_into_svg() -> None:
         assert "<circle" in svg  # the finite points are drawn
         for bad in ("inf", "nan"):
             assert f'="{bad}' not in svg and f'="-{bad}' not in svg
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [("ModelRowT", "ModelRow"), ("MetricRowT", "MetricRow"), ("ComparisonRowT", "ComparisonRow"),
+     ("GateRowT", "GateRow"), ("FailureRowT", "FailureRow"), ("StepRowT", "StepRow")],
+)  # fmt: skip
+def test_rows_as_written_and_as_read_have_the_same_columns(written: str, read: str) -> None:
+    """One contract: the writers' TypedDicts and the typed model's rows name the same columns."""
+    import audit.results as r
+
+    assert set(getattr(r, written).__annotations__) == set(getattr(r, read).model_fields)
+
+
+def test_version_1_files_are_read_with_their_tables_moved_into_analyses() -> None:
+    from audit.results import SCHEMA_VERSION, parse_results
+
+    old = {"schema_version": 1, "suite": {"name": "s"}, "metrics": [],
+           "succession": [{"kind": "succession"}], "forgetting": [{"name": "l1"}]}  # fmt: skip
+    results = parse_results(old, "old.json", written=True)
+    assert results.table("succession") == [{"kind": "succession"}]
+    assert results.table("forgetting") == [{"name": "l1"}] and results.schema_version == 1
+    newer = {**old, "schema_version": SCHEMA_VERSION + 1}
+    with pytest.raises(ResultsError, match="newer than this audit reads"):
+        parse_results(newer, "new.json")
+    with pytest.raises(ResultsError, match=r"x\.json: metrics\[0\]\.value: "):
+        row = {"model": "m", "evaluator": "e", "metric": "m", "slice": "all", "value": "0.5"}
+        parse_results({**old, "metrics": [row]}, "x.json")
