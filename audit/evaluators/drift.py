@@ -225,7 +225,7 @@ class AlignmentDriftEvaluator:
     """
 
     name: ClassVar[str] = _NAME
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: judge_params reach the judge (version 1 dropped them)
 
     class Params(RefusalEvaluator.Params):
         """Refusal parameters plus the drift measures'.
@@ -275,10 +275,9 @@ class AlignmentDriftEvaluator:
 
     def __init__(self, params: AlignmentDriftEvaluator.Params) -> None:
         self.params = params
-        fields = {"probes", "judge", "max_new_tokens", "batch_size"}
-        self._refusal = RefusalEvaluator(
-            RefusalEvaluator.Params(**params.model_dump(include=fields))
-        )
+        # Every refusal parameter (judge_params too) passes to the refusal evaluator inside.
+        inner = params.model_dump(include=set(RefusalEvaluator.Params.model_fields))
+        self._refusal = RefusalEvaluator(RefusalEvaluator.Params(**inner))
 
     @classmethod
     def figures(cls, results: Results, evaluator: str) -> list[Figure]:

@@ -224,7 +224,7 @@ def test_metadata() -> None:
     assert registry.evaluators.get("alignment_drift") is AlignmentDriftEvaluator
     assert (AlignmentDriftEvaluator.name, AlignmentDriftEvaluator.version) == (
         "alignment_drift",
-        "1",
+        "2",
     )
     specs: dict[str, Any] = {m.name: m for m in AlignmentDriftEvaluator.metrics}
     assert list(specs) == [
@@ -252,3 +252,22 @@ def test_metadata() -> None:
         AlignmentDriftEvaluator.Params(probes="x", judge="keywrd")
     with pytest.raises(ValueError):
         AlignmentDriftEvaluator.Params(probes="x", margin_refusal=[])
+
+
+@pytest.mark.parametrize(
+    ("judge", "judge_params"),
+    [
+        ("keyword", {"extra_phrases": ["i would rather not"]}),
+        ("loglik", {"refusal": ["no ."], "threshold": 0.5}),
+        ("classifier", {"model": "path:./clf"}),  # needs its model: version 1 crashed here
+    ],
+)
+def test_judge_params_reach_the_judge(judge: str, judge_params: dict[str, Any]) -> None:
+    """Every refusal parameter passes to the refusal evaluator inside (version 1 dropped
+    ``judge_params``: a keyword judge's extra phrases were ignored, a classifier crashed)."""
+    params = AlignmentDriftEvaluator.Params(
+        probes="driftcaps-mini", judge=judge, judge_params=judge_params
+    )
+    inner = AlignmentDriftEvaluator(params)._refusal.params
+    assert (inner.judge, inner.judge_params) == (judge, judge_params)
+    assert inner.model_dump() == params.model_dump(include=set(type(inner).model_fields))
