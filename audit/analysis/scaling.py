@@ -10,8 +10,9 @@ otherwise — and fits it against ``D``, the number of tokens the member was fin
 
 Each point is weighted by its own standard error (half its 95% interval / 1.96). Parameter
 intervals are Wald intervals from the covariance, inflated by χ²/dof when the points scatter
-more than their errors explain, with a t quantile on the residual degrees of freedom (a normal
-one when there are none). ``D`` is fitted in thousands of tokens, so ``A`` is the drift added by
+more than their errors explain, with a t quantile on the residual degrees of freedom. With none
+(3 points for 3 parameters) the law passes through every point and no interval is given: the
+fit says so in its note. ``D`` is fitted in thousands of tokens, so ``A`` is the drift added by
 the first thousand tokens above the floor ``E``. A fit needs at least 3 members with data;
 otherwise, or if the fit does not converge, the entry says why instead of giving numbers.
 """
@@ -126,9 +127,13 @@ def fit_power_law(
     dof = len(points) - 3
     if not np.all(np.isfinite(cov)):
         raise ValueError("the points do not determine all three parameters (singular fit)")
-    inflate = max(1.0, chi2 / dof) if dof > 0 else 1.0
-    quantile = float(stats.t.ppf(0.975, dof)) if dof > 0 else 1.959963984540054
     out: dict[str, EstimateT] = {}
+    if dof == 0:  # the law passes through every point: nothing is left to judge its error by
+        for i, name in enumerate(("A", "beta", "E")):
+            out[name] = EstimateT(value=float(estimate[i]), ci_low=None, ci_high=None)
+        return out, chi2, dof
+    inflate = max(1.0, chi2 / dof)
+    quantile = float(stats.t.ppf(0.975, dof))
     for i, name in enumerate(("A", "beta", "E")):
         half = quantile * math.sqrt(max(float(cov[i, i]), 0.0) * inflate)
         value = float(estimate[i])
@@ -136,10 +141,15 @@ def fit_power_law(
     return out, chi2, dof
 
 
-def _caveat(estimates: dict[str, EstimateT]) -> str | None:
+def _caveat(estimates: dict[str, EstimateT], dof: int | None = None) -> str | None:
     """Why a converged fit may still say little, in words for the report."""
     a, beta = estimates["A"], estimates["beta"]
     notes = []
+    if dof == 0:
+        notes.append(
+            "3 points for 3 parameters: the law passes through every point (0 degrees of "
+            "freedom), so no interval is given; add sweep values"
+        )
     if a["ci_low"] is not None and a["ci_low"] <= 0.0:
         notes.append("A's interval includes 0: no detectable growth with D, so β is not determined")
     if min(abs(beta["value"] - b) for b in BETA_RANGE) < 1e-3:
@@ -228,7 +238,7 @@ def scaling_fits(
             try:
                 estimates, fit["chi2"], fit["dof"] = fit_power_law(points)
                 fit["A"], fit["beta"], fit["E"] = estimates["A"], estimates["beta"], estimates["E"]
-                fit["note"] = _caveat(estimates)
+                fit["note"] = _caveat(estimates, fit["dof"])
             except ValueError as error:
                 fit["error"] = str(error) + (
                     f"; without data: {', '.join(missing)}" if missing else ""

@@ -35,6 +35,22 @@ def test_recovers_a_known_power_law() -> None:
         assert est["ci_low"] < truth < est["ci_high"]
 
 
+def test_zero_degrees_of_freedom_gives_no_interval_and_says_so() -> None:
+    """Three points for three parameters: the law interpolates them, so an interval from the
+    points' own errors alone would claim a precision nothing tested."""
+    points = [point(d, float(power_law(d / 1000, 0.08, 0.6, 0.02))) for d in (1000, 4000, 16000)]
+    estimates, _, dof = fit_power_law(points)
+    assert dof == 0
+    assert all(
+        estimates[k]["ci_low"] is None and estimates[k]["ci_high"] is None
+        for k in ("A", "beta", "E")
+    )
+    assert estimates["beta"]["value"] == pytest.approx(0.6, rel=1e-2)
+    from audit.analysis.scaling import _caveat
+
+    assert "0 degrees of freedom" in (_caveat(estimates, dof) or "")
+
+
 def test_noisy_points_widen_the_intervals() -> None:
     tokens = [1000, 2000, 4000, 8000, 16000]
     clean = [point(d, float(power_law(d / 1000, 0.1, 0.5, 0.0))) for d in tokens]
