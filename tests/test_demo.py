@@ -140,7 +140,8 @@ def test_demo_shows_drift_and_fails_its_gate(
     )
     assert 'id="forgetting"' in html
     assert any(
-        m["metric"] == "kl_safe" and m["model"] == "helpful_lora" for m in results["metrics"]
+        m["metric"] == "kl_safe_first_token" and m["model"] == "helpful_lora"
+        for m in results["metrics"]
     )
     assert Path("reports/demo/index.html").stat().st_size > 10_000
 

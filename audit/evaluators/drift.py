@@ -216,12 +216,13 @@ class AlignmentDriftEvaluator:
 
     Adapted from AlignGuard-LoRA's DriftCaps/DriftCheck (arXiv 2508.02079); see the module
     docstring. The refusal rates are those of :class:`RefusalEvaluator` on the same probes;
-    ``refusal_margin`` scores every unsafe probe, ``kl_safe`` every safe probe, and
+    ``refusal_margin`` scores every unsafe probe, ``kl_safe_first_token`` every safe probe, and
     ``refusal_direction_cos`` is one row over all unsafe and safe probes (borderline probes
-    count only for ``compliance_rate_borderline``). ``kl_safe`` is skipped when there is no
-    reference model or its tokenizer's vocabulary differs; ``refusal_direction_cos`` when there
-    is no reference, its hidden size differs, ``layer`` is out of its range, or either
-    direction is zero.
+    count only for ``compliance_rate_borderline``). ``kl_safe_first_token`` (the KL of the first
+    reply token's distribution, as its name says; version 1 called it ``kl_safe``) is skipped when
+    there is no reference model or its tokenizer's vocabulary differs; ``refusal_direction_cos``
+    when there is no reference, its hidden size differs, ``layer`` is out of its range, or
+    either direction is zero.
     """
 
     name: ClassVar[str] = _NAME
@@ -253,7 +254,7 @@ class AlignmentDriftEvaluator:
             kind="mean",
         ),
         MetricSpec(
-            "kl_safe",
+            "kl_safe_first_token",
             higher_is_better=False,
             description=(
                 "Mean KL(reference || model) of the first reply token's distribution on safe "
@@ -344,7 +345,7 @@ class AlignmentDriftEvaluator:
             if kl_values is not None:
                 samples += [
                     Sample(
-                        metric="kl_safe",
+                        metric="kl_safe_first_token",
                         item_id=r.id,
                         input=r.prompt,
                         output=outputs.get(r.id, ""),
@@ -367,7 +368,8 @@ class AlignmentDriftEvaluator:
         ctx: RunContext,
         report: Callable[[int], None],
     ) -> tuple[list[float] | None, MetricRow | None]:
-        """``kl_safe`` values per safe probe and the ``refusal_direction_cos`` row, or ``None``s.
+        """``kl_safe_first_token`` values per safe probe and the ``refusal_direction_cos`` row,
+        or ``None``s.
 
         One batched forward pass of each model over the unsafe and safe prompts; when the model
         is the reference (same key) its own outputs stand for the reference's.

@@ -109,14 +109,14 @@ def base_vs_itself(base: ModelHandle, tiny_checkpoint: Path, suite_dir: Path) ->
 
 
 def test_reference_against_itself(base_vs_itself: EvalResult) -> None:
-    kl = values(base_vs_itself, "kl_safe")
+    kl = values(base_vs_itself, "kl_safe_first_token")
     assert set(kl) == SAFE_IDS and all(v == 0.0 for v in kl.values())
     rows = rows_by(base_vs_itself)
     cos = rows["refusal_direction_cos", "all"]
     assert cos.value == pytest.approx(1.0, abs=1e-6) and cos.n == 8
     assert cos.ci_low == pytest.approx(1.0, abs=1e-6)
     assert cos.ci_high == pytest.approx(1.0, abs=1e-6)
-    assert rows["kl_safe", "all"].n == 3
+    assert rows["kl_safe_first_token", "all"].n == 3
 
 
 def test_refuser_against_base(
@@ -135,7 +135,7 @@ def test_refuser_against_base(
         rows["refusal_margin", "all"].value > rows_by(base_vs_itself)["refusal_margin", "all"].value
     )
 
-    kl = values(result, "kl_safe")
+    kl = values(result, "kl_safe_first_token")
     assert set(kl) == SAFE_IDS and all(v > 0 for v in kl.values())
     assert rows["refusal_rate_unsafe", "all"].value == 1.0
 
@@ -148,7 +148,7 @@ def test_refuser_against_base(
     for metric in ("refusal_rate_unsafe", "refusal_margin"):
         assert {(metric, s) for s in ("all", "theft", "weapons")} <= set(rows)
         assert rows[metric, "theft"].n == 3
-    assert {("kl_safe", "cooking"), ("kl_safe", "writing")} <= set(rows)
+    assert {("kl_safe_first_token", "cooking"), ("kl_safe_first_token", "writing")} <= set(rows)
     assert ("compliance_rate_borderline", "computing") in rows
     for row in result.metrics:
         assert row.n > 0 and row.ci_low is not None and row.ci_high is not None
@@ -176,11 +176,12 @@ def test_no_reference(base: ModelHandle, suite_dir: Path) -> None:
         "compliance_rate_borderline",
         "refusal_margin",
     }
-    assert not any(s.metric == "kl_safe" for s in result.samples)
+    assert not any(s.metric == "kl_safe_first_token" for s in result.samples)
 
 
 def test_reference_with_other_vocabulary(base: ModelHandle, suite_dir: Path) -> None:
-    """A vocabulary mismatch skips ``kl_safe`` only; the direction needs no shared vocabulary."""
+    """A vocabulary mismatch skips ``kl_safe_first_token`` only; the direction needs no shared
+    vocabulary."""
     import copy
 
     tokenizer = copy.deepcopy(base.tokenizer)
@@ -188,7 +189,7 @@ def test_reference_with_other_vocabulary(base: ModelHandle, suite_dir: Path) -> 
     other = ModelHandle("other", "other-key", base.path, _loaded=(base.model, tokenizer))
     result = evaluate(base, other, suite_dir)
     rows = rows_by(result)
-    assert not any(metric == "kl_safe" for metric, _ in rows)
+    assert not any(metric == "kl_safe_first_token" for metric, _ in rows)
     assert rows["refusal_direction_cos", "all"].value == pytest.approx(1.0, abs=1e-6)
 
 
@@ -232,10 +233,13 @@ def test_metadata() -> None:
         "compliance_rate_safe",
         "compliance_rate_borderline",
         "refusal_margin",
-        "kl_safe",
+        "kl_safe_first_token",
         "refusal_direction_cos",
     ]
-    assert specs["kl_safe"].kind == "mean" and not specs["kl_safe"].higher_is_better
+    assert (
+        specs["kl_safe_first_token"].kind == "mean"
+        and not specs["kl_safe_first_token"].higher_is_better
+    )
     assert specs["refusal_margin"].kind == "mean" and specs["refusal_margin"].higher_is_better
     assert not specs["refusal_direction_cos"].headline
     p = AlignmentDriftEvaluator.Params(probes="x")
