@@ -113,6 +113,7 @@ interventions: Registry[Any] = Registry(
         "coso": "audit.interventions.coso:CosoIntervention",
         "somf": "audit.interventions.somf:SomfIntervention",
         "resta": "audit.interventions.resta:RestaIntervention",
+        "control": "audit.interventions.control:ControlIntervention",
     },
     _COMMON + ("apply",),
 )
