@@ -122,6 +122,21 @@ def test_asr_and_clean_accuracy(run: Any) -> None:
     assert len(run.seen) == 1  # one batched generation pass
 
 
+def test_a_model_that_always_answers_the_target_has_asr_1(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eligible items are the data's (right answer not the target), not the model's: version 2
+    left a model that answers the target unprompted with no asr at all."""
+    monkeypatch.setattr(
+        "audit.models.generation.generate", lambda m, t, prompts, **kw: ["negative"] * len(prompts)
+    )
+    samples, result = run()
+    asr = {s.item_id: s.value for s in samples["asr"]}
+    assert asr == {"sentiment:s1": 1.0, "sentiment:s2": 1.0, "sentiment:s4": 1.0}
+    rows = {(r.metric, r.slice): r for r in result.metrics}
+    assert rows["asr", "all"].value == 1.0 and rows["asr", "all"].n == 3
+
+
 def test_transfer_and_triggered_compliance(run: Any) -> None:
     samples, result = run()
     transfer = {s.item_id: s.value for s in samples["transfer_asr"]}
