@@ -1,13 +1,19 @@
 """OSFT: full fine-tuning orthogonal to each weight's top singular subspace.
 
-After "Sculpting Subspaces: Constrained Full Fine-Tuning in LLMs for Continual Learning"
-(Nayak et al., arXiv 2504.07097), reconstructed from memory of the paper (no network here).
+"Sculpting Subspaces: Constrained Full Fine-Tuning in LLMs for Continual Learning" (Nayak et
+al., arXiv 2504.07097). Checked against the authors' reference code,
+github.com/Red-Hat-AI-Innovation-Team/orthogonal-subspace-learning, commit
+a5f91f6ae35053b42873f8a745809176439f62de, ``notebooks/finetune_svd.py``
+(``decompose_weight_matrix``, ``project_gradient_to_orthogonal_space``, ``T5WithSVD`` and the
+adaptive-rank ``auto_generate_target_svd_config``), and run by default through peft's port of
+it, ``peft.tuners.osf`` (``OSFConfig``; peft 0.21.2).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -27,51 +33,73 @@ if TYPE_CHECKING:
 
     from audit.models.handle import ModelHandle
 
-__all__ = ["OsftIntervention", "frozen_bases", "layer_importance"]
-
-_LAYER = re.compile(r"\.(\d+)\.")
+__all__ = [
+    "OsftIntervention",
+    "energy_ranks",
+    "frozen_bases",
+    "importance_ranks",
+    "matrix_importance",
+]
 
 
 class OsftIntervention:
-    """Full fine-tuning that leaves each target weight's high-rank part unchanged.
+    """Full fine-tuning that leaves each target weight's top singular subspace unchanged.
 
-    Before training, each target weight ``W = U S Vᵀ`` is split at a per-matrix rank ``k``:
-    the top ``k`` singular directions ``U_k``, ``V_k`` are frozen (they carry what earlier
-    training put there); training moves only the remainder. After every backward pass the
-    gradient is projected, ``G ← (I − U_k U_kᵀ) G (I − V_k V_kᵀ)`` (``sides = "both"``;
-    ``"left"``/``"right"`` keep one factor); then the optimiser (AdamW, as ``lora``) steps.
+    Before training, each target weight ``W = U S Vᵀ`` is split at a per-matrix rank ``k``
+    (:func:`energy_ranks` or :func:`importance_ranks`): the top ``k`` singular directions
+    ``U_k``, ``V_k`` are frozen (they carry what earlier training put there) and only the
+    remainder trains. Two implementations (``backend``):
 
-    Differences from the paper, chosen here: the paper trains the low-rank SVD factors
-    ``U_low, S_low, V_low`` with their gradients projected off ``U_high`` / ``V_high``, which
-    to first order keeps ``ΔW`` orthogonal to both frozen subspaces — the two-sided projection
-    of the full-weight gradient used here is that constraint, stated exactly. Because Adam's
-    per-coordinate scaling and decoupled weight decay would let the update leak out of the
-    projected space, each step's update ``ΔW`` is projected again after the optimiser step, so
-    ``U_kᵀ ΔW = 0`` and ``ΔW V_k = 0`` hold exactly (to float rounding).
+    * ``"peft"`` (default): peft's OSF (``peft.tuners.osf``; ``OSFConfig`` with this rank per
+      module in ``rank_pattern``), which is the reference's method: ``W = U_k S_k V_kᵀ +
+      U_low S_low V_lowᵀ`` with the low factors as the trainable parameters, their gradients
+      projected off ``U_k`` / ``V_k`` by hooks (``S_low`` unprojected), AdamW on the factors;
+      merged back into a full model after training. The constraint holds to first order only:
+      Adam's per-coordinate scaling lets a small part of each step leave the projected space,
+      as in the reference.
+    * ``"audit"``: this package's earlier implementation: the full target weights are the
+      parameters; after every backward pass ``G ← (I − U_k U_kᵀ) G (I − V_k V_kᵀ)``
+      (``sides = "both"``; ``"left"``/``"right"`` keep one factor), and each step's update is
+      projected again after the optimiser step, so ``U_kᵀ ΔW = 0`` and ``ΔW V_k = 0`` hold
+      exactly. Not the reference's dynamics: Adam normalises the full-weight gradient rather
+      than the factors', so the two backends take different steps in the same allowed space
+      (first-step loss and batches agree; the weights after several steps do not coincide).
+
+    ``train_rest`` (default ``True``, as the reference, whose optimiser takes every model
+    parameter and freezes only the decomposed weights): every parameter outside the target
+    weights (embeddings, norms, other layers) trains unrestricted; ``False`` trains only the
+    target weights' free part (peft's own default, and audit's before version 2).
 
     Rank: ``rank_rule = "energy"`` (default) freezes the smallest ``k`` holding ``energy`` of
-    the squared singular values. ``"importance"`` is the paper's layer-importance rule as
-    recalled: a layer's importance is ``1 − cos(h_in, h_out)`` of its decoder block on the
-    training prompts (mean over tokens), min-max normalised over layers to ``Î ∈ [0, 1]``; the
-    frozen share of its matrices' ranks is ``min_retain + Î (max_retain − min_retain)`` (more
-    important layers keep more). Either way at least one direction per matrix stays trainable.
+    the squared singular values. ``"importance"`` is the reference's adaptive rank: each
+    target matrix's importance ``I(W)`` is the mean cosine similarity between its inputs
+    ``X`` and outputs ``WX`` (over all tokens of up to 16 training examples; the first
+    ``min(W.shape)`` coordinates of each, as the reference compares them), normalised by the
+    mean over matrices, ``Î = I / mean(I)``; the frozen share is ``min_retain + Î (max_retain −
+    min_retain)``: higher similarity, more retained. (The reference measures on the previous
+    task's data, which this step does not have; when ``mean(I) ≤ 0`` its ``|mean|`` is used so
+    the direction holds.) Either way ``1 ≤ k ≤ rank − 1``.
 
     ``ctx.work_dir`` receives ``training_log.jsonl`` and ``osft_ranks.json`` (module → frozen
     rank ``k`` and full rank).
     """
 
     name: ClassVar[str] = "osft"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     class Params(FullTuneParams):
         """The shared full fine-tuning parameters plus OSFT's.
 
-        ``rank_rule``: ``"energy"`` or ``"importance"``. ``energy`` (0.9): share of squared
-        singular values frozen under ``"energy"``. ``min_retain`` (0.1) / ``max_retain`` (0.9):
-        frozen rank share of the least / most important layer under ``"importance"``.
-        ``sides``: which singular subspaces the update must avoid (``"both"``).
+        ``backend``: ``"peft"`` (peft's OSF) or ``"audit"``. ``train_rest``: non-target
+        parameters train too (``True``). ``rank_rule``: ``"energy"`` or ``"importance"``.
+        ``energy`` (0.9): share of squared singular values frozen under ``"energy"``.
+        ``min_retain`` (0.1) / ``max_retain`` (0.9): frozen rank share at normalised importance
+        0 / 1 under ``"importance"``. ``sides``: which singular subspaces the update must avoid
+        (``"both"``; one-sided only with ``backend = "audit"``).
         """
 
+        backend: Literal["peft", "audit"] = "peft"
+        train_rest: bool = True
         rank_rule: Literal["energy", "importance"] = "energy"
         energy: float = Field(default=0.9, gt=0, lt=1)
         min_retain: float = Field(default=0.1, ge=0, le=1)
@@ -82,6 +110,8 @@ class OsftIntervention:
         def _retain_order(self) -> OsftIntervention.Params:
             if self.min_retain > self.max_retain:
                 raise ValueError("min_retain must not exceed max_retain")
+            if self.backend == "peft" and self.sides != "both":
+                raise ValueError('sides other than "both" need backend = "audit"')
             return self
 
     def __init__(self, params: OsftIntervention.Params) -> None:
@@ -94,70 +124,146 @@ class OsftIntervention:
         def setup(
             model: Any, weights: dict[str, torch.nn.Parameter], examples: list[Any], seed: int
         ) -> Hooks:
-            retain = None
             if p.rank_rule == "importance":
-                retain = _retain_shares(layer_importance(model, examples), p)
-            bases = frozen_bases(weights, p.energy, retain)
+                importance = matrix_importance(model, weights, examples)
+                frozen = importance_ranks(weights, importance, p.min_retain, p.max_retain)
+            else:
+                frozen = energy_ranks(weights, p.energy)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
-            ranks = {n: [int(u.shape[1]), min(weights[n].shape)] for n, (u, _) in bases.items()}
+            ranks = {n: [k, min(weights[n].shape)] for n, k in frozen.items()}
             (ctx.work_dir / "osft_ranks.json").write_text(json.dumps(ranks, indent=1))
-            return _hooks(weights, bases, p.sides, ranks)
+            if p.backend == "peft":
+                return _peft_hooks(model, weights, frozen, ranks)
+            return _hooks(weights, frozen_bases(weights, p.energy, frozen), p.sides, ranks)
 
-        return subspace_fine_tune(p, inputs, ctx, name=self.name, setup=setup)
+        return subspace_fine_tune(
+            p, inputs, ctx, name=self.name, setup=setup, train_rest=p.train_rest
+        )
 
 
-def frozen_bases(
-    weights: Mapping[str, torch.Tensor], energy: float, retain: Mapping[int, float] | None = None
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module -> ``(U_k, V_k)``, the frozen top singular vectors of its weight.
+def _clamp(k: int, full: int) -> int:
+    return max(1, min(k, full - 1))
 
-    ``k`` is :func:`energy_rank` at ``energy``, or ``round(share · rank)`` with the share from
-    ``retain`` (layer index -> frozen share; modules outside numbered layers use the mean
-    share); always below the full rank. Computed in float64, returned in the weight's dtype.
-    """
+
+def energy_ranks(weights: Mapping[str, torch.Tensor], energy: float) -> dict[str, int]:
+    """Module -> frozen rank: :func:`energy_rank` of its singular values, in ``[1, rank − 1]``."""
     import torch
 
     out = {}
-    mean_share = sum(retain.values()) / len(retain) if retain else 0.0
     for name, weight in weights.items():
-        u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
-        full = int(s.shape[0])
-        if retain is None:
-            k = energy_rank(s, energy)
-        else:
-            k = round(retain.get(_layer_index(name), mean_share) * full)
-        k = max(0, min(k, full - 1))
+        s = torch.linalg.svdvals(weight.detach().double())
+        out[name] = _clamp(energy_rank(s, energy), int(s.shape[0]))
+    return out
+
+
+def importance_ranks(
+    weights: Mapping[str, torch.Tensor],
+    importance: Mapping[str, float],
+    min_retain: float,
+    max_retain: float,
+) -> dict[str, int]:
+    """Module -> frozen rank by the reference's adaptive rule (higher importance, more kept).
+
+    ``k = round((min_retain + Î (max_retain − min_retain)) · d)``, ``Î = I / mean(I)``,
+    ``d = min(W.shape)``, clamped to ``[1, d − 1]``.
+    """
+    mean = sum(importance.values()) / len(importance)
+    scale = max(abs(mean), 1e-8)
+    out = {}
+    for name, weight in weights.items():
+        d = min(weight.shape)
+        share = min_retain + importance[name] / scale * (max_retain - min_retain)
+        out[name] = _clamp(round(share * d), d)
+    return out
+
+
+def matrix_importance(
+    model: Any, weights: Mapping[str, torch.Tensor], examples: list[Any], n: int = 16
+) -> dict[str, float]:
+    """Module -> mean over tokens of ``cos(X[:m], (WX)[:m])``, ``m = min(W.shape)``, on the
+    first ``n`` examples (the reference's importance of a weight matrix)."""
+    import torch
+
+    sums = dict.fromkeys(weights, 0.0)
+    counts = dict.fromkeys(weights, 0)
+
+    def hook(name: str) -> Any:
+        def capture(module: Any, args: tuple[Any, ...], _output: Any) -> None:
+            weight = weights[name].detach()
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(weight.dtype)
+            y = x @ weight.T if isinstance(module, torch.nn.Linear) else x @ weight  # Conv1D
+            m = min(weight.shape)
+            cos = torch.nn.functional.cosine_similarity(x[:, :m], y[:, :m], dim=-1, eps=1e-8)
+            sums[name] += float(cos.double().sum())
+            counts[name] += int(cos.shape[0])
+
+        return capture
+
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in weights]
+    try:
+        with torch.no_grad():
+            for ids, _ in examples[:n]:
+                model(input_ids=torch.tensor([ids], device=model.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / max(counts[name], 1) for name in weights}
+
+
+def frozen_bases(
+    weights: Mapping[str, torch.Tensor], energy: float, ranks: Mapping[str, int] | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module -> ``(U_k, V_k)``, the frozen top singular vectors of its weight.
+
+    ``k`` is ``ranks[module]``, or :func:`energy_ranks` at ``energy``. Computed in float64,
+    returned in the weight's dtype.
+    """
+    import torch
+
+    if ranks is None:
+        ranks = energy_ranks(weights, energy)
+    out = {}
+    for name, weight in weights.items():
+        u, _, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+        k = ranks[name]
         out[name] = (u[:, :k].to(weight.dtype), vh[:k].T.to(weight.dtype))
     return out
 
 
-def _layer_index(name: str) -> int:
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else -1
+def _share(ranks: dict[str, list[int]]) -> dict[str, Any]:
+    frozen = sum(k for k, _ in ranks.values())
+    return {"frozen_rank_share": round(frozen / sum(f for _, f in ranks.values()), 4)}
 
 
-def layer_importance(model: Any, examples: list[Any], n: int = 16) -> dict[int, float]:
-    """Layer index -> ``1 − mean cos(h_in, h_out)`` of its decoder block on ``n`` examples."""
+def _peft_hooks(
+    model: Any,
+    weights: dict[str, torch.nn.Parameter],
+    frozen: dict[str, int],
+    ranks: dict[str, list[int]],
+) -> Hooks:
+    """Wrap ``model`` (in place) in peft's OSF with rank ``frozen[m]`` for each target ``m``."""
     import torch
+    from peft import OSFConfig, get_peft_model
 
-    cosines: dict[int, list[float]] = {}
-    with torch.no_grad():
-        for ids, _ in examples[:n]:
-            input_ids = torch.tensor([ids], device=model.device)
-            hidden = model(input_ids=input_ids, output_hidden_states=True).hidden_states
-            for layer in range(len(hidden) - 1):
-                cos = torch.nn.functional.cosine_similarity(hidden[layer], hidden[layer + 1], -1)
-                cosines.setdefault(layer, []).append(float(cos.mean()))
-    return {layer: 1.0 - sum(c) / len(c) for layer, c in cosines.items()}
+    for name in weights:
+        module = model.get_submodule(name)
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(
+                f"osft: peft's OSF supports torch.nn.Linear only, not {type(module).__name__} "
+                f'({name}); use backend = "audit"'
+            )
+    config = OSFConfig(
+        target_modules=sorted(weights),
+        rank_pattern={f"^{re.escape(name)}$": k for name, k in frozen.items()},
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        peft_model = get_peft_model(model, config)
 
+    def unwrap() -> Any:
+        return peft_model.merge_and_unload()
 
-def _retain_shares(importance: dict[int, float], p: OsftIntervention.Params) -> dict[int, float]:
-    low, high = min(importance.values()), max(importance.values())
-    span, width = high - low, p.max_retain - p.min_retain
-    return {
-        layer: p.min_retain + ((v - low) / span if span > 0 else 0.5) * width
-        for layer, v in importance.items()
-    }
+    return Hooks(train_targets=False, unwrap=unwrap, finish=lambda: _share(ranks))
 
 
 def _hooks(
@@ -188,8 +294,4 @@ def _hooks(
         for (w, u, v), old in zip(pairs, before, strict=True):
             w.data.copy_(old + project_off(w.detach() - old, u, v))
 
-    def finish() -> dict[str, Any]:
-        frozen = sum(k for k, _ in ranks.values())
-        return {"frozen_rank_share": round(frozen / sum(f for _, f in ranks.values()), 4)}
-
-    return Hooks(after_backward=after_backward, after_step=after_step, finish=finish)
+    return Hooks(after_backward=after_backward, after_step=after_step, finish=lambda: _share(ranks))

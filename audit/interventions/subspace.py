@@ -83,6 +83,8 @@ class Hooks:
     after_backward: Callable[[], None] | None = None
     after_step: Callable[[], None] | None = None
     finish: Callable[[], dict[str, Any]] | None = None  # after training: extra info
+    train_targets: bool = True  # False: the target weights stay frozen (e.g. an adapter trains)
+    unwrap: Callable[[], Any] | None = None  # after training: the full model to return
 
 
 Setup = Callable[[Any, "dict[str, torch.nn.Parameter]", list[Any], int], Hooks]
@@ -138,8 +140,14 @@ def subspace_fine_tune(
     *,
     name: str,
     setup: Setup,
+    train_rest: bool = False,
 ) -> TrainedModel:
-    """Full fine-tuning of the target weights of the single parent, restricted by ``setup``."""
+    """Full fine-tuning of the target weights of the single parent, restricted by ``setup``.
+
+    ``train_rest``: every parameter outside the target weights trains too, unrestricted
+    (embeddings, norms, biases, other linear layers); otherwise they stay frozen. Parameters
+    ``setup`` adds (e.g. a peft adapter's) train as it left them.
+    """
     import torch
 
     from audit.data.records import PairRecord, load_records
@@ -157,9 +165,13 @@ def subspace_fine_tune(
     lora_params = p.as_lora()
     total = LoraIntervention(lora_params).total_steps(len(examples))
     weights = target_weights(model, p.target_modules)
+    target_ids = {id(weight) for weight in weights.values()}
+    rest = [q for q in model.parameters() if id(q) not in target_ids]
     hooks = setup(model, weights, examples, seed)
     for weight in weights.values():
-        weight.requires_grad_(True)
+        weight.requires_grad_(hooks.train_targets)
+    for param in rest if train_rest else []:
+        param.requires_grad_(True)
 
     kind = torch.device(ctx.device).type
     with torch.random.fork_rng(
@@ -178,6 +190,8 @@ def subspace_fine_tune(
             after_backward=hooks.after_backward,
             after_step=hooks.after_step,
         )
+    if hooks.unwrap is not None:
+        model = hooks.unwrap()
     model.requires_grad_(False)
     model.eval()
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
