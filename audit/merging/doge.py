@@ -1,220 +1,192 @@
-"""DOGE: data-free merging as adaptive projective gradient descent.
+"""DOGE: data-free merging as adaptive projective gradient descent (DOGE-TA).
 
-A reconstruction, from memory (the paper could not be consulted while writing this), of DOGE
-from Wei et al., "Modeling Multi-Task Model Merging as Adaptive Projective Gradient Descent",
-arXiv 2501.01230 (2025). For each 2-D weight (out × in) with task vectors τ_1..τ_n:
+Wei et al., "Modeling Multi-Task Model Merging as Adaptive Projective Gradient Descent",
+arXiv 2501.01230 (2025). The arithmetic follows the authors' code in FusionBench:
+tanganke/fusion_bench ``fusion_bench/method/doge_ta/doge_ta.py`` (``DOGE_TA_Algorithm``) with
+the defaults of ``config/method/doge_ta/doge_ta.yaml``, at commit
+54c9e8c9d9621620c720452cd8533332a32d3689. For one 2-D weight (m × n) with task vectors
+τ_1..τ_T (T contributors):
 
-1. **Task-aware coefficients.** λ_i = ``coefficient`` · w_i · ν̄ / ‖τ_i‖, with w_i the
-   contributor's weight and ν̄ = mean_j‖τ_j‖: every task enters the task-arithmetic start
-   τ_m = Σ λ_i τ_i with the same norm (times its weight), so a large task vector does not
-   drown a small one. With equal norms, τ_m = ``coefficient``·Σ w_i τ_i, the harness's task
-   arithmetic.
-2. **Data-free surrogate.** The gap between the merge M = τ_m + Δ and task i is measured in
-   task i's own input subspace, the span of τ_i's top right singular vectors V_i (inputs of
-   task i mostly excite the directions its fine-tuning changed):
-   L(Δ) = Σ_i n·ŵ_i ‖(τ_m + Δ − τ_i) V_i‖², ŵ the weights normalised to sum 1.
-3. **Projective descent.** The shared subspace is the span V_s of τ_m's top right singular
-   vectors; Δ's gradient is projected onto its orthogonal complement, so Δ·V_s = 0 and the
-   merge acts on the shared directions exactly as task arithmetic does.
-4. ``steps`` Adam steps from Δ = 0; the result is τ_m + Δ.
+1. **Task-aware coefficients.** λ_i = ``lamda`` / ‖τ_i‖_F, per weight (the reference's
+   ``compute_layer_lamdas``); S = Σ_i λ_i τ_i, c = Σ_i λ_i.
+2. **Surrogate.** With the merge M = S + c·Δ, every task vector stands in for its own inputs,
+   row by row: L(Δ) = Σ_j Σ_r (⟨τ_j[r,:], τ_j[r,:] − M[r,:]⟩)² (the reference's
+   ``taskvector_loss``).
+3. **Shared subspace, output side.** r = ⌊min(m, n)/T⌋ top left singular vectors of each τ_i
+   fill the column blocks i·r:(i+1)·r of an m × min(m, n) matrix (zeros elsewhere); its
+   top p = ⌊min(m, n)/``subspace``⌋ left singular vectors Q span the shared subspace, and
+   every gradient is projected off it, G ← G − QQᵀG, before the optimiser step.
+4. **Optimiser.** Δ starts at 0; ``steps`` = 400 steps of ``torch.optim.Adam`` with
+   ``lr`` = 1e-4 and torch's other defaults (betas (0.9, 0.999), ε = 1e-8). Adam is
+   element-wise, so Δ itself is not exactly orthogonal to Q; the reference behaves the same.
+5. **Trimmed merge.** mask_i keeps the entries with |τ_i| ≥ the (d − ⌊d·``top_k``/100⌋)-th
+   smallest |τ_i| (d entries, ties kept), i.e. the top ``top_k`` = 30 % of τ_i by magnitude
+   (⌊d·0.3⌋ + 1 entries without ties: the threshold entry is kept, as in the reference's
+   ``topk_values_mask``); the merged task vector is Σ_i λ_i·(τ_i + Δ)⊙mask_i. The mask comes
+   from τ_i, not τ_i + Δ.
 
-Tensors with fewer than two dimensions (norms, biases) get the normalised weighted average
-Σŵ_iδ_i of the deltas (2-D tensors start from the weighted sum instead, so the two are on
-different scales); tensors with more are flattened to (shape[0], −1) and reshaped back. The
-only randomness is the seeded randomized SVD of large matrices: the result is deterministic.
+Defaults = the reference's: ``subspace`` = 6, ``top_k`` = 30, ``lamda`` = 0.07 (the yaml),
+``lr`` = 1e-4 and ``steps`` = 400 (hard-coded in ``optimize_delta``). The result is
+deterministic: exact SVDs, Δ = 0 at the start, no randomness (the merge's seed is unused).
+The merged weight is ``base + scaling · result`` with the merge's ``scaling`` (1 by default,
+as in the reference, which adds Σ_i λ_i·(τ_i + Δ)⊙mask_i to the pretrained weight as is).
 
-Defaults: ``coefficient`` = 1.0, ``adaptive_lambda`` = true, ``task_rank_ratio`` =
-``shared_rank_ratio`` = 0.05 (fractions of min(m, n), at least 1, at most ``max_rank`` = 64),
-``steps`` = 50, ``lr`` = 0.03 (relative, see below), Adam betas (0.9, 0.999), ε = 1e-8; exact
-SVD when min(m, n) ≤ ``full_svd_max_dim`` = 128, else randomized with ``power_iters`` = 2.
+Adaptations of a per-tensor, streamed method (audit's merges see one tensor at a time):
 
-Adaptations (the paper's exact choices were not available):
+- **Which tensors.** The reference merges only keys with "encoder" and "weight" and without
+  "layer_norm" in their name, i.e. the 2-D linear weights of a CLIP/T5 encoder's blocks; all
+  other parameters stay pretrained. Here every 2-D tensor gets DOGE, including a causal LM's
+  ``embed_tokens``/``lm_head`` (the reference's filter would exclude them, but a tensor method
+  only sees a name); tensors of other dimensions (norms, biases, convolutions) follow
+  ``other_tensors``: ``"base"`` (default, as the reference: the merged weight is the base's)
+  or ``"average"`` (the weighted average Σŵ_iδ_i, an alternative that is not the reference).
+- **Trimming per tensor.** The reference picks each τ_i's top 30 % over its whole flattened
+  (filtered) state dict at once; a streamed merge cannot, so the top ``top_k`` % is taken
+  within each tensor. ``top_k`` is a percentage (0, 100]; 100 keeps every entry.
+- **Weights.** The reference has none; here w_i multiplies λ_i (λ_i = ``lamda``·w_i/‖τ_i‖, so
+  weights all 1 are the reference). Contributors with weight 0, or with a zero task vector on
+  this tensor (the reference would divide by ‖τ_i‖ = 0 and produce NaN), are left out of the
+  tensor's merge, T counting only the others. Weights must be ≥ 0, not all zero.
+- **Projection without the m × m matrix.** QQᵀG is computed as Q(QᵀG), not with the
+  explicit projector; equal up to rounding, and an embedding's m × m projector would not fit.
+- **One optimiser per tensor.** The reference builds one Adam over all layers' Δ and then
+  runs 400 steps per layer in turn; Adam's state is per parameter and the other layers'
+  gradients are None meanwhile, so this is the same as a fresh Adam per tensor.
+- Where a task vector has rank < r, the reference's blocks include left singular vectors of
+  zero singular values, which are whatever LAPACK returns; audit calls the same
+  ``torch.linalg.svd``, so it reproduces them on the same backend only.
 
-- **Which subspaces.** "Each task's subspace" is taken as the right (input-side) singular
-  subspace of τ_i, and the shared subspace as that of the coefficient-weighted sum τ_m, with
-  fixed rank ratios; the paper's rank rule and the side it projects on may differ.
-- **Coefficient rule.** The inverse-norm balancing in step 1 is our reading of "task-aware λ
-  from the task vectors' norms". ``coefficient`` defaults to 1, not the ~0.3 common for task
-  arithmetic, because the surrogate's minimum restores each task at scale 1 in its subspace and
-  the merge's own ``scaling`` stays the one global knob; ``adaptive_lambda = false`` gives
-  plain λ_i = ``coefficient``·w_i.
-- **Adam in subspace coordinates.** The loss depends on Δ only through Δ·V (V = [V_1 … V_n]),
-  and the projected gradient's rows lie in span(P⊥V), P⊥ = I − V_s V_sᵀ. So Δ = Z·Bᵀ with B an
-  orthonormal basis of span(P⊥V), and Adam runs on Z (m × ≤ n·k) in closed form instead of on
-  the full m × n matrix. For gradient descent the two are identical; with Adam's per-coordinate
-  scaling the full-matrix version would also move Δ along directions the loss cannot see.
-  B is taken along the eigenvectors of the loss's curvature, so the quadratic separates and a
-  step is element-wise on Z (Adam's result depends on this choice of coordinates).
-- **Relative learning rate.** Adam's step is in the parameter's units; task-vector entries
-  range from ~1e-5 to ~1e-2 across models, so the problem is divided by the RMS of the initial
-  residual (τ_m − τ_i)V_i before optimising and ``lr`` is relative to that scale.
-- **Weights.** w_i multiplies λ_i, as in task arithmetic (Σ w_i τ_i), and its normalised
-  ŵ_i weighs task i's term in the loss; weight-0 and zero-norm contributors are left out of
-  the 2-D merge. Weights must be ≥ 0, not all zero.
+Cost: per 2-D tensor, T + 1 thin SVDs and ``steps`` passes over the T task vectors; Adam keeps
+two more tensors of the weight's size.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from audit.merging.opcm import normalized_weights, top_singular, weighted_average
+from audit.merging.opcm import normalized_weights, weighted_average
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor
 
     from audit.merging.base import TensorContext
 
-__all__ = ["DogeOptions", "doge_matrix", "merge_doge"]
+__all__ = ["DogeOptions", "doge_matrix", "merge_doge", "shared_subspace", "top_k_mask"]
 
 
 class DogeOptions(BaseModel):
-    """DOGE's hyper-parameters (see the module docstring)."""
+    """DOGE's hyper-parameters; the defaults are the reference's (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    coefficient: float = Field(default=1.0, gt=0)
-    """Global task-arithmetic coefficient of the starting point τ_m."""
-    adaptive_lambda: bool = True
-    """Balance the tasks' coefficients by their norms (else λ_i = coefficient·w_i)."""
-    task_rank_ratio: float = Field(default=0.05, gt=0, le=1)
-    """Rank of each task's subspace, as a fraction of min(m, n)."""
-    shared_rank_ratio: float = Field(default=0.05, ge=0, le=1)
-    """Rank of the shared subspace (kept fixed), as a fraction of min(m, n); 0 disables it."""
-    steps: int = Field(default=50, ge=0)
+    subspace: int = Field(default=6, gt=0)
+    """The shared subspace has ⌊min(m, n)/subspace⌋ dimensions (the reference's ``subspace``)."""
+    top_k: float = Field(default=30.0, gt=0, le=100)
+    """Percentage of each task vector's entries (largest |τ_i|) kept in the final merge."""
+    lamda: float = Field(default=0.07, gt=0)
+    """λ_i = lamda·w_i/‖τ_i‖ (the reference's ``lamda``)."""
+    lr: float = Field(default=1e-4, gt=0)
+    """Adam's learning rate."""
+    steps: int = Field(default=400, ge=0)
     """Adam steps per tensor."""
-    lr: float = Field(default=0.03, gt=0)
-    """Adam learning rate, relative to the RMS of the initial residual."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam's moment decay rates."""
-    max_rank: int = Field(default=64, gt=0)
-    """Cap on every subspace's rank (and the randomized SVD's)."""
-    full_svd_max_dim: int = Field(default=128, ge=0)
-    """Exact SVD when min(m, n) ≤ this, randomized above."""
-    power_iters: int = Field(default=2, ge=0)
-    """Power iterations of the randomized SVD."""
+    other_tensors: Literal["base", "average"] = "base"
+    """Tensors that are not 2-D: keep the base (reference) or take the weighted average."""
 
 
-def _rank(ratio: float, full: int, cap: int) -> int:
-    """⌈ratio·full⌉ within [1, min(full, cap)] (0 when ratio is 0)."""
-    if ratio == 0:
-        return 0
-    return max(1, min(math.ceil(ratio * full), cap, full))
+def shared_subspace(tasks: list[Tensor], subspace: int) -> Tensor | None:
+    """Q (m × p): the top p = ⌊min(m, n)/subspace⌋ left singular vectors of the stacked blocks.
 
-
-def _right_vectors(
-    matrix: Tensor, rank: int, generator: torch.Generator, options: DogeOptions
-) -> Tensor:
-    """The top ``rank`` right singular vectors of ``matrix`` with non-zero singular values."""
+    Block i holds the top ⌊min(m, n)/T⌋ left singular vectors of τ_i; None when p = 0.
+    """
     import torch
 
-    if rank == 0:
-        return matrix.new_zeros(matrix.shape[1], 0)
-    _, s, v = top_singular(
-        matrix,
-        rank,
-        generator,
-        full_svd_max_dim=options.full_svd_max_dim,
-        power_iters=options.power_iters,
-    )
-    if s.numel() == 0:
-        return v
-    tol = float(s[0]) * max(matrix.shape) * torch.finfo(s.dtype).eps
-    return v[:, s > tol]
+    m, n = tasks[0].shape
+    full = min(m, n)
+    count = len(tasks)
+    block = full // count
+    dims = full // subspace
+    if dims == 0:
+        return None
+    stacked = tasks[0].new_zeros(m, full)
+    for i, task in enumerate(tasks):
+        u = torch.linalg.svd(task, full_matrices=False)[0]
+        stacked[:, i * block : (i + 1) * block] = u[:, :block]
+    return torch.linalg.svd(stacked, full_matrices=False)[0][:, :dims]
+
+
+def top_k_mask(task: Tensor, top_k: float) -> Tensor:
+    """The entries of ``task`` with |τ| ≥ the (d − ⌊d·top_k/100⌋)-th smallest |τ| (ties kept)."""
+    import torch
+
+    magnitude = task.abs()
+    count = magnitude.numel()
+    keep = int(count * (top_k / 100))
+    if keep >= count:
+        return torch.ones_like(task, dtype=torch.bool)
+    threshold = magnitude.flatten().kthvalue(count - keep).values
+    return magnitude >= threshold
+
+
+def _rowwise(tasks: list[Tensor], merged: Tensor) -> list[Tensor]:
+    """a_j[r] = ⟨τ_j[r,:], τ_j[r,:] − M[r,:]⟩ for every task j."""
+    return [(task * (task - merged)).sum(dim=1) for task in tasks]
 
 
 def doge_matrix(
     tasks: list[Tensor],
     weights: list[float],
-    generator: torch.Generator,
     options: DogeOptions,
     *,
-    track_loss: bool = True,
+    track_loss: bool = False,
 ) -> tuple[Tensor, list[float]]:
     """DOGE on 2-D task vectors: the merged task vector and the surrogate L at steps 0..steps.
 
-    ``weights`` multiply the coefficients λ_i (see the module docstring). The losses are in
-    the task vectors' units: L(0) is the surrogate at the task-arithmetic start τ_m, the last
-    one at the returned merge; without ``track_loss`` only those two are computed.
+    Works in the task vectors' dtype. ``weights`` multiply the λ_i (see the module docstring).
+    The losses (only with ``track_loss``, else empty) are L(Δ) before each step and after the
+    last one, at the untrimmed M = S + c·Δ; the returned merge is the trimmed one.
     """
     import torch
 
-    norm = normalized_weights(weights, len(tasks))
-    norms = [float(torch.linalg.vector_norm(t)) for t in tasks]
-    active = [i for i in range(len(tasks)) if norm[i] > 0 and norms[i] > 0]
+    normalized_weights(weights, len(tasks))
+    norms = [torch.linalg.vector_norm(task) for task in tasks]
+    active = [i for i in range(len(tasks)) if weights[i] > 0 and float(norms[i]) > 0]
     if not active:
-        return torch.zeros_like(tasks[0]), [0.0] * (options.steps + 1 if track_loss else 2)
-    total = sum(norm[i] for i in active)
-    w = {i: norm[i] / total for i in active}
-    count = len(active)
-    mean_norm = sum(norms[i] for i in active) / count
-    merged = torch.zeros_like(tasks[0])
-    for i in active:
-        lam = options.coefficient * weights[i]
-        if options.adaptive_lambda:
-            lam *= mean_norm / norms[i]
-        merged.add_(tasks[i], alpha=lam)
+        return torch.zeros_like(tasks[0]), []
+    taus = [tasks[i] for i in active]
+    lambdas = [(options.lamda * weights[i]) / norms[i] for i in active]
+    start = torch.zeros_like(taus[0])
+    for lam, task in zip(lambdas, taus, strict=True):
+        start.add_(task * lam)
+    scale = sum(lambdas[1:], lambdas[0])
+    basis = shared_subspace(taus, options.subspace)
 
-    full = min(tasks[0].shape)
-    k_task = _rank(options.task_rank_ratio, full, options.max_rank)
-    k_shared = _rank(options.shared_rank_ratio, full, options.max_rank)
-    bases = [_right_vectors(tasks[i], k_task, generator, options) for i in active]
-    shared = _right_vectors(merged, k_shared, generator, options)
-    v_all = torch.cat(bases, dim=1)  # n_in × K
-    targets = torch.cat([tasks[i] @ b for i, b in zip(active, bases, strict=True)], dim=1)
-    column_weight = torch.cat(
-        [
-            torch.full((b.shape[1],), math.sqrt(count * w[i]), dtype=v_all.dtype)
-            for i, b in zip(active, bases, strict=True)
-        ]
-    ).to(v_all.device)
-    residual0 = (merged @ v_all - targets) * column_weight  # m × K
-    loss0 = float(residual0.double().pow(2).sum())
-    scale = float(residual0.pow(2).mean().sqrt()) if residual0.numel() else 0.0
-    flat = [loss0] * (options.steps + 1 if track_loss else 2)
-    if options.steps == 0 or scale == 0:
-        return merged, flat
-
-    free = v_all - shared @ (shared.mT @ v_all)  # P⊥V
-    free64 = free.double()
-    gram_vals, gram_vecs = torch.linalg.eigh(free64.mT @ free64)
-    kept = gram_vals > 1e-6  # singular values of P⊥V above 1e-3 (V's columns are unit)
-    basis = ((free64 @ gram_vecs[:, kept]) / gram_vals[kept].sqrt()).to(free.dtype)  # n_in × K'
-    if basis.shape[1] == 0:
-        return merged, flat
-
-    # L(Z) = ‖R0 + Z·G‖² in units of `scale` = c0 + 2⟨Z, A⟩ + ⟨Z·H, Z⟩, A = R0·Gᵀ, H = G·Gᵀ.
-    # B is rotated onto H's eigenvectors, so H is diagonal and every step is element-wise.
-    r0 = residual0 / scale
-    g = (basis.mT @ v_all) * column_weight  # K' × K
-    curvature, rotation = torch.linalg.eigh(g @ g.mT)
-    basis = basis @ rotation
-    a = (r0 @ g.mT) @ rotation  # m × K'
-    curvature = curvature.clamp_min(0)
-    c0 = float(r0.double().pow(2).sum())
-    z = torch.zeros_like(a)
-    m1 = torch.zeros_like(a)
-    m2 = torch.zeros_like(a)
-    beta1, beta2 = options.betas
-    eps = 1e-8
-
-    def loss() -> float:
-        return (c0 + float((z * (2 * a + z * curvature)).sum())) * scale**2
-
+    delta = torch.nn.Parameter(torch.zeros_like(start))
+    optimizer = torch.optim.Adam([delta], lr=options.lr)
     losses: list[float] = []
-    for step in range(1, options.steps + 1):
-        if track_loss or step == 1:
-            losses.append(loss())
-        grad = 2 * (a + z * curvature)
-        m1.mul_(beta1).add_(grad, alpha=1 - beta1)
-        m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (m2 / (1 - beta2**step)).sqrt_().add_(eps)
-        z.addcdiv_(m1, denom, value=-options.lr / (1 - beta1**step))
-    losses.append(loss())
-    return merged + scale * (z @ basis.mT), losses
+    with torch.no_grad():
+        for _ in range(options.steps):
+            rows = _rowwise(taus, start + scale * delta)
+            if track_loss:
+                losses.append(float(sum(float(a.double().pow(2).sum()) for a in rows)))
+            grad = torch.zeros_like(start)
+            for a, task in zip(rows, taus, strict=True):
+                grad.add_(a.unsqueeze(1) * task)
+            grad.mul_(-2 * scale)
+            if basis is not None:
+                grad.sub_(basis @ (basis.mT @ grad))
+            delta.grad = grad
+            optimizer.step()
+            delta.grad = None
+        final = delta.detach()
+        if track_loss:
+            rows = _rowwise(taus, start + scale * final)
+            losses.append(float(sum(float(a.double().pow(2).sum()) for a in rows)))
+        merged = torch.zeros_like(start)
+        for lam, task in zip(lambdas, taus, strict=True):
+            merged.add_(((task + final) * top_k_mask(task, options.top_k)) * lam)
+    return merged, losses
 
 
 def merge_doge(
@@ -227,14 +199,13 @@ def merge_doge(
     """DOGE's merged task vector for one tensor (float32, ``base``'s shape)."""
     import torch
 
-    from audit.merging.base import tensor_generator
-
     normalized_weights(weights, len(deltas))
     for delta in deltas:
         if delta.shape != base.shape:
             raise ValueError(f"{ctx.name}: delta shape {tuple(delta.shape)} != {base.shape}")
-    if base.dim() < 2:
-        return weighted_average([d.float() for d in deltas], weights)
-    tasks = [d.float().reshape(d.shape[0], -1) for d in deltas]
-    merged, _ = doge_matrix(tasks, weights, tensor_generator(ctx), options, track_loss=False)
-    return merged.reshape(base.shape).to(torch.float32)
+    if base.dim() != 2 or base.numel() == 0:
+        if options.other_tensors == "average":
+            return weighted_average([d.float() for d in deltas], weights)
+        return torch.zeros_like(base, dtype=torch.float32)
+    merged, _ = doge_matrix([d.float() for d in deltas], weights, options)
+    return merged.to(torch.float32)

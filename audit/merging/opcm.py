@@ -1,50 +1,91 @@
 """OPCM: orthogonal-projection-based continual merging with adaptive scaling.
 
-A reconstruction, from memory (the paper could not be consulted while writing this), of OPCM
-from Tang et al., "Merging Models on the Fly Without Retraining: A Sequential Approach to
-Scalable Continual Model Merging", arXiv 2501.09522 (2025), and of its FusionBench
-implementation. Contributors are merged one at a time, in the order the suite lists them:
+Tang et al., "Merging Models on the Fly Without Retraining: A Sequential Approach to Scalable
+Continual Model Merging", arXiv 2501.09522 (2025). The arithmetic follows the authors' code,
+tanganke/fusion_bench ``fusion_bench/method/opcm/opcm.py`` (``OPCMForCLIP.run``,
+``merge_linear_weights``, ``merge_other_parameters``; the SVD in ``fusion_bench/method/opcm/
+utils.py``; defaults in ``config/method/opcm/opcm.yaml``) at commit
+54c9e8c9d9621620c720452cd8533332a32d3689; ``tests/merging/test_opcm_reference.py`` pins it.
 
-1. The first task vector is the merge: M₁ = τ₁, λ₁ = 1.
-2. For t ≥ 2, take the SVD of the running merge M_{t−1} = U S Vᵀ and the split rank k: the
-   fewest top singular values holding a fraction ``alpha`` of its energy. τ_t is written in
-   that basis, C = Uᵀ τ_t V, and its components on the dominant block C[:k, :k] and on the
-   diagonal C[j, j] (the directions u_j v_jᵀ that M_{t−1} itself uses) are removed:
-   P(τ_t) = τ_t − U C' Vᵀ, C' holding only those entries. The rest of τ_t (the other entries
-   of C, and what lies outside span(U) or span(V)) is kept.
-3. Adaptive scaling: with S_t = Σ_{i≤t} P(τ_i) (P(τ₁) = τ₁), λ_t = ‖S_t‖ / mean_{i≤t}‖τ_i‖
-   and M_t = S_t / λ_t, i.e. M_t = (λ_{t−1}·M_{t−1} + P(τ_t)) / λ_t: the merged task vector's
-   norm tracks the average norm of the contributors seen so far.
+Contributors are merged one at a time, in the order the suite lists them, τ_i = θ_i − θ_base:
 
-Tensors with fewer than two dimensions (norms, biases) get the weighted average of the deltas;
-tensors with more are flattened to (shape[0], −1) and reshaped back.
+1. M₁ = τ₁, λ₁ = 1.
+2. For t ≥ 2 and a *Linear weight* (below), take the SVD of the running merge,
+   M_{t−1} = U diag(s) Vᵀ, and the split rank k = argmax(cumsum(s) / Σs > ``alpha``) (the
+   0-based index of the first singular value whose cumulative share of the *unsquared*
+   singular values exceeds ``alpha``; 0 when none does, or when Σs = 0). Write τ_t in that
+   basis, C = Uᵀ τ_t V, zero every diagonal entry C[j, j] (j < min(m, n), null directions
+   included) and the block C[:k, :k]: P(τ_t) = U C Vᵀ. Every other tensor (biases, norms,
+   embeddings, and any weight not of an ``nn.Linear``) is not projected: P(τ_t) = τ_t.
+3. Adaptive scaling: S_t = λ_{t−1} M_{t−1} + P(τ_t), λ_t = ‖S_t‖ / mean_{i≤t} ‖τ_i‖,
+   M_t = S_t / λ_t. The merged task vector is M_T.
 
-Defaults: ``alpha`` = 0.5, ``zero_diagonal`` = true; exact SVD when min(m, n) ≤
-``full_svd_max_dim`` = 128, else a randomized SVD (seeded from :func:`tensor_generator`) of
-rank ``max_rank`` = 64 with ``power_iters`` = 2.
+Since P depends on M_{t−1} only through its singular vectors and the *ratios* of its singular
+values, P computed from M_{t−1} equals P computed from S_{t−1} = λ_{t−1} M_{t−1}; so
+S_t = S_{t−1} + P_{S_{t−1}}(τ_t) needs no λ, and M_T = S_T · mean_i ‖τ_i‖ / ‖S_T‖ is S_T times
+one scalar. That is how it is computed here.
 
-Adaptations:
+**Linear weights** (the reference projects ``nn.Linear.weight`` only). A streamed method sees a
+tensor's name and shape, not its module, so the rule is by name: a 2-D tensor named
+``….weight`` whose module (the name less ``.weight``) does not end in an embedding table's name
+(``embed_tokens``, ``embed_positions``, ``embed_in``, ``wte``, ``wpe``, ``word_embeddings``,
+``position_embeddings``, ``token_type_embeddings``, ``tok_embeddings``, ``shared``). The output
+head (``lm_head``, GPT-NeoX's ``embed_out``) is an ``nn.Linear`` in Hugging Face causal LMs, so it
+is projected (``project_lm_head``); tied to the input embedding it is merged once, as the
+embedding (the stream leaves the alias out; the reference would process the shared tensor twice).
+Tensors of other ranks (1-D, or ≥ 3-D such as convolutions) are never projected. Not covered by
+the rule: 2-D weights of non-``nn.Linear`` layers (GPT-2's ``Conv1D``), which the reference would
+not project but this rule does.
 
-- **Per tensor.** The paper's (and FusionBench's) λ_t uses whole-model norms; a streaming merge
-  sees one tensor at a time, so norms, λ_t and the SVDs are per tensor.
-- **Energy.** ``alpha`` is a fraction of the squared singular values (Frobenius energy), which a
-  truncated SVD can evaluate exactly (‖M‖²_F is known); FusionBench, as recalled, uses the sum
-  of singular values. Squared energy selects fewer directions at the same ``alpha``.
-- **Truncated SVD.** For min(m, n) > ``full_svd_max_dim`` only the top ``max_rank`` singular
-  triplets are computed (for speed): k is capped at ``max_rank`` and the diagonal is removed
-  only along those directions; the paper uses the full SVD.
-- **Null directions.** Singular vectors whose singular value is numerically zero are arbitrary
-  (rank-deficient M); they are not used for the diagonal removal, so a task vector orthogonal
-  to M passes untouched.
-- **Weights.** Contributor i's projected task vector enters S_t multiplied by its weight w_i,
-  and the target norm is the weighted mean Σw_i‖τ_i‖ / Σw_i. Only relative weights matter (the
-  1-D average is normalised too); uniform weights are the paper's method. Weights must be ≥ 0,
-  not all zero; contributors of weight 0 are skipped.
+Defaults (``opcm.yaml``): ``alpha`` = 0.5; exact SVD; null diagonals zeroed; no shuffling (see
+below).
+
+Adaptations (each default differs from the reference only where stated):
+
+- **Per-tensor λ.** The reference's norms ‖τ_i‖ and ‖S_t‖ are over the whole model (every
+  state-dict entry), so its M_T is S_T times *one* model-wide scalar. The streaming interface
+  (:mod:`audit.merging.stream`) calls the method one tensor at a time with no first pass or
+  model-wide statistics, so here the scalar is per tensor: M_T[p] = S_T[p] · mean_i ‖τ_i[p]‖ /
+  ‖S_T[p]‖ for tensor p (0 where S_T[p] = 0). S_T[p], and hence every projection and the
+  direction of every merged tensor, is the reference's exactly; only each tensor's norm
+  differs. (Getting the model-wide scalar needs Σ_p ‖S_T[p]‖² and Σ_p ‖τ_i[p]‖² before any
+  tensor is written: a two-pass stream, with the SVDs done twice or S_T kept on disk.)
+- **Task vectors, not weights.** The reference stores θ_base + M_t after every step and takes
+  θ − θ_base again at the next (a rounding round-trip in the weights' dtype, e.g. bf16); here
+  the task vectors stay float32 throughout (float64 if given float64, as in the tests), and so
+  do the SVDs; the result is float32.
+- **Thin SVD.** The reference takes a full SVD (``full_matrices=True``); the thin one spans
+  every entry it changes (the diagonal and C[:k, :k] lie in the leading min(m, n) × min(m, n)
+  block), so the result is the same. Where M_{t−1} is rank-deficient its null singular vectors
+  are arbitrary (whatever LAPACK returns, in the reference too), and so is the part of τ_t that
+  zeroing their diagonal entries removes; ``zero_null_diagonal = False`` keeps those entries
+  (then a task vector orthogonal to M_{t−1} passes untouched, and a first contributor with a
+  zero delta on a tensor, common with LoRA adapters, does not strip the next one's diagonal).
+- **Order.** ``opcm.yaml`` shuffles the contributors with an unseeded RNG (``shuffle_order:
+  true``, ``seed: null``), not reproducible. Here they are merged in the listed order (the
+  suite's order is the experiment); ``shuffle_order = True`` draws one permutation, for every
+  tensor, from the merge's seed.
+- **Weights.** The reference has none. Contributor i's P(τ_i) enters S_t multiplied by its
+  weight w_i, and the mean norm is the weighted mean Σ w_i ‖τ_i‖ / Σ w_i; only relative
+  weights matter, uniform weights are the reference. Weights must be ≥ 0, not all zero;
+  contributors of weight 0 are skipped.
+- Parameters held directly by non-leaf modules are never merged by the reference (it walks leaf
+  modules); here every floating-point tensor is merged.
+
+Alternatives, as options (none is the default): ``spectrum = "squared"`` (the split rank from
+the squared singular values); ``zero_diagonal = False`` (only the block is removed);
+``zero_null_diagonal = False`` (above); ``project = "matrices"`` (project every tensor of ≥ 2
+dimensions, embeddings included, flattened to (shape[0], −1)); ``project_lm_head = False``;
+``others = "average"`` (unprojected tensors get the weighted average of the deltas instead of
+the scaled sum); ``svd = "randomized"`` (for min(m, n) > ``full_svd_max_dim``, only the top
+``max_rank`` singular triplets, from a randomized SVD seeded by :func:`tensor_generator` with
+``power_iters`` power iterations: the split rank is then taken over those triplets, with Σs
+over them, or ‖M‖²_F for ``"squared"``, and the diagonal is zeroed along them only).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,7 +95,34 @@ if TYPE_CHECKING:
 
     from audit.merging.base import TensorContext
 
-__all__ = ["OpcmOptions", "merge_opcm", "normalized_weights", "top_singular", "weighted_average"]
+__all__ = [
+    "OpcmOptions",
+    "is_linear_weight",
+    "merge_opcm",
+    "normalized_weights",
+    "project_out",
+    "split_rank",
+    "top_singular",
+    "weighted_average",
+]
+
+EMBEDDING_MODULES = frozenset(
+    {
+        "embed_tokens",
+        "embed_positions",
+        "embed_in",
+        "wte",
+        "wpe",
+        "word_embeddings",
+        "position_embeddings",
+        "token_type_embeddings",
+        "tok_embeddings",
+        "shared",
+    }
+)
+"""Last name components of embedding tables (``nn.Embedding``), never projected."""
+OUTPUT_HEADS = frozenset({"lm_head", "embed_out"})
+"""Last name components of the output head (an ``nn.Linear``): projected if ``project_lm_head``."""
 
 
 class OpcmOptions(BaseModel):
@@ -63,17 +131,34 @@ class OpcmOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     alpha: float = Field(default=0.5, gt=0, le=1)
-    """Fraction of the running merge's squared singular values whose directions are projected
-    out of each new task vector (the dominant block)."""
+    """Split threshold: the leading singular directions whose cumulative share of the running
+    merge's singular values stays ≤ ``alpha`` form the block removed from each new task vector."""
+    spectrum: Literal["singular_values", "squared"] = "singular_values"
+    """The share is of the singular values (the reference) or of their squares (energy)."""
     zero_diagonal: bool = True
-    """Also remove each new task vector's component along every rank-one direction u_j v_jᵀ of
-    the running merge (beyond the dominant block), as FusionBench does."""
+    """Remove the new task vector's component along every rank-one direction u_j v_jᵀ of the
+    running merge (beyond the block), as the reference does."""
+    zero_null_diagonal: bool = True
+    """Include the directions of numerically zero singular values in the diagonal removal (the
+    reference); False keeps them."""
+    project: Literal["linear", "matrices"] = "linear"
+    """Project the Linear weights only (the reference; rule in the module docstring) or every
+    tensor of ≥ 2 dimensions, flattened to (shape[0], −1)."""
+    project_lm_head: bool = True
+    """With ``project = "linear"``: the output head (an ``nn.Linear``) is projected."""
+    others: Literal["scaled_sum", "average"] = "scaled_sum"
+    """Unprojected tensors: Σ w_i τ_i rescaled like the rest (the reference), or the weighted
+    average of the deltas."""
+    shuffle_order: bool = False
+    """Merge the contributors in one random order drawn from the merge's seed."""
+    svd: Literal["exact", "randomized"] = "exact"
+    """Exact SVD (the reference), or a truncated randomized one for large matrices."""
     max_rank: int = Field(default=64, gt=0)
-    """Singular triplets computed by the randomized SVD of a large matrix."""
+    """``svd = "randomized"``: singular triplets computed."""
     full_svd_max_dim: int = Field(default=128, ge=0)
-    """Exact SVD when min(m, n) ≤ this, randomized above."""
+    """``svd = "randomized"``: exact SVD when min(m, n) ≤ this."""
     power_iters: int = Field(default=2, ge=0)
-    """Power iterations of the randomized SVD."""
+    """``svd = "randomized"``: power iterations."""
 
 
 def normalized_weights(weights: list[float], count: int) -> list[float]:
@@ -135,6 +220,36 @@ def top_singular(
     return (q @ ub)[:, :rank], s[:rank], vh[:rank].mT
 
 
+def is_linear_weight(name: str, shape: tuple[int, ...], options: OpcmOptions) -> bool:
+    """Whether the tensor ``name`` of ``shape`` is projected (the rule in the module docstring)."""
+    if len(shape) < 2:
+        return False
+    if options.project == "matrices":
+        return True
+    if len(shape) != 2 or not (name == "weight" or name.endswith(".weight")):
+        return False
+    module = name.removesuffix("weight").removesuffix(".").rpartition(".")[2]
+    if module in OUTPUT_HEADS:
+        return options.project_lm_head
+    return module not in EMBEDDING_MODULES
+
+
+def split_rank(
+    s: Tensor, alpha: float, *, squared: bool = False, total: float | None = None
+) -> int:
+    """argmax(cumsum(s) / Σs > ``alpha``): the block size C[:k, :k] the reference zeroes.
+
+    The 0-based index of the first singular value whose cumulative share exceeds ``alpha``; 0
+    when none does (or Σs = 0, where the shares are NaN). ``squared``: shares of s². ``total``
+    replaces the denominator (a truncated spectrum's ‖M‖²_F).
+    """
+    if s.numel() == 0:
+        return 0
+    values = s * s if squared else s
+    share = values.cumsum(dim=0) / (values.sum() if total is None else total)
+    return int((share > alpha).float().argmax())
+
+
 def _nonzero_count(s: Tensor, shape: tuple[int, ...]) -> int:
     """How many singular values are numerically non-zero (the ``matrix_rank`` tolerance)."""
     if s.numel() == 0:
@@ -145,46 +260,52 @@ def _nonzero_count(s: Tensor, shape: tuple[int, ...]) -> int:
     return int((s > tol).sum())
 
 
-def split_rank(s: Tensor, total_energy: float, alpha: float) -> int:
-    """The fewest leading singular values whose squares reach ``alpha``·``total_energy``.
-
-    Capped at ``len(s)`` (a truncated SVD may not reach the fraction); at least 1 if any.
-    """
-    import torch
-
-    if s.numel() == 0 or total_energy <= 0:
-        return 0
-    cumulative = torch.cumsum(s.double() ** 2, 0) / total_energy
-    reached = cumulative >= alpha * (1 - 1e-9)
-    return int(reached.to(torch.int8).argmax()) + 1 if bool(reached.any()) else int(s.numel())
-
-
 def project_out(
     task: Tensor, merged: Tensor, generator: torch.Generator, options: OpcmOptions
 ) -> Tensor:
-    """P(τ): ``task`` less its components on ``merged``'s dominant block and diagonal."""
+    """P(τ) = U C Vᵀ, C = Uᵀ τ V less its diagonal and C[:k, :k], from ``merged``'s SVD.
+
+    Computed as τ − U C' Vᵀ with C' the removed entries (thin SVD; see the module docstring).
+    """
     import torch
 
-    small = min(merged.shape) <= options.full_svd_max_dim
-    u, s, v = top_singular(
-        merged,
-        min(merged.shape) if small else options.max_rank,
-        generator,
-        full_svd_max_dim=options.full_svd_max_dim,
-        power_iters=options.power_iters,
-    )
-    r = _nonzero_count(s, tuple(merged.shape))
-    if r == 0:
-        return task.clone()
-    u, s, v = u[:, :r], s[:r], v[:, :r]
-    k = split_rank(s, float(torch.linalg.vector_norm(merged)) ** 2, options.alpha)
-    coeffs = (u.mT @ task) @ v  # r × r
-    keep = torch.zeros_like(coeffs, dtype=torch.bool)
-    keep[:k, :k] = True
+    truncated = options.svd == "randomized" and min(merged.shape) > options.full_svd_max_dim
+    total: float | None = None
+    if truncated:
+        u, s, v = top_singular(
+            merged,
+            options.max_rank,
+            generator,
+            full_svd_max_dim=options.full_svd_max_dim,
+            power_iters=options.power_iters,
+        )
+        if options.spectrum == "squared":
+            total = float(torch.linalg.vector_norm(merged)) ** 2
+    else:
+        u, s, vh = torch.linalg.svd(merged, full_matrices=False)
+        v = vh.mT
+    k = split_rank(s, options.alpha, squared=options.spectrum == "squared", total=total)
+    coeffs = (u.mT @ task) @ v
+    removed = torch.zeros_like(coeffs)
+    removed[:k, :k] = coeffs[:k, :k]
     if options.zero_diagonal:
-        keep.fill_diagonal_(True)
-    removed = torch.where(keep, coeffs, torch.zeros_like(coeffs))
+        d = s.numel() if options.zero_null_diagonal else _nonzero_count(s, tuple(merged.shape))
+        index = torch.arange(d, device=coeffs.device)
+        removed[index, index] = coeffs[index, index]
     return torch.addmm(task, u @ removed, v.mT, alpha=-1)
+
+
+def _order(count: int, ctx: TensorContext, shuffle: bool) -> list[int]:
+    """The contributors' merge order: listed, or one permutation from the merge's seed."""
+    if not shuffle:
+        return list(range(count))
+    import torch
+
+    from audit.merging.base import TensorContext, tensor_generator
+
+    # the same permutation for every tensor: the generator ignores the tensor's name and index
+    generator = tensor_generator(TensorContext(name="opcm order", seed=ctx.seed, index=0))
+    return [int(i) for i in torch.randperm(count, generator=generator)]
 
 
 def merge_opcm(
@@ -200,34 +321,39 @@ def merge_opcm(
     from audit.merging.base import tensor_generator
 
     norm = normalized_weights(weights, len(deltas))
+    top = max(norm)
+    norm = [w / top for w in norm]  # uniform weights: all 1, so S₁ = τ₁ bit for bit
     for delta in deltas:
         if delta.shape != base.shape:
             raise ValueError(f"{ctx.name}: delta shape {tuple(delta.shape)} != {base.shape}")
-    if base.dim() < 2:
+    linear = is_linear_weight(ctx.name, tuple(base.shape), options)
+    if not linear and options.others == "average":
         return weighted_average([d.float() for d in deltas], weights)
 
     generator = tensor_generator(ctx)
-    merged: Tensor | None = None  # M_t
-    lam = 0.0  # λ_t
+    running: Tensor | None = None  # S_t = λ_t M_t
     norm_sum = 0.0  # Σ w_i ‖τ_i‖ over contributors so far
     weight_sum = 0.0
-    for delta, w in zip(deltas, norm, strict=True):
+    for i in _order(len(deltas), ctx, options.shuffle_order):
+        w = norm[i]
         if w == 0:
             continue
-        task = delta.float().reshape(delta.shape[0], -1)
+        task = deltas[i] if deltas[i].dtype == torch.float64 else deltas[i].float()
+        if linear:
+            task = task.reshape(task.shape[0], -1)
         norm_sum += w * float(torch.linalg.vector_norm(task))
         weight_sum += w
-        target = norm_sum / weight_sum
-        if merged is None:
+        if running is None:
             running = task * w
+        elif linear:
+            running.add_(project_out(task, running, generator, options), alpha=w)
         else:
-            running = project_out(task, merged, generator, options).mul_(w)
-            running.add_(merged, alpha=lam)
-        running_norm = float(torch.linalg.vector_norm(running))
-        if running_norm == 0 or target == 0:
-            merged, lam = running.zero_(), 0.0
-            continue
-        lam = running_norm / target
-        merged = running.div_(lam)
-    assert merged is not None  # some weight is positive
-    return merged.reshape(base.shape).to(torch.float32)
+            running.add_(task, alpha=w)
+    assert running is not None  # some weight is positive
+    target = norm_sum / weight_sum  # mean_i ‖τ_i‖
+    running_norm = float(torch.linalg.vector_norm(running))
+    if running_norm == 0 or target == 0:
+        running.zero_()
+    else:
+        running.mul_(target / running_norm)  # M_T = S_T / λ_T, λ_T = ‖S_T‖ / mean ‖τ_i‖
+    return running.reshape(base.shape).to(torch.float32)

@@ -1,7 +1,11 @@
-"""OPCM: the orthogonal projection, the adaptive scaling, the order and the 1-D average."""
+"""OPCM: the orthogonal projection, the adaptive scaling, the order, the options.
+
+The golden comparison with the authors' code is ``test_opcm_reference.py``.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -19,10 +23,12 @@ def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def _reference_projection(task: torch.Tensor, merged: torch.Tensor, alpha: float) -> torch.Tensor:
-    """P(τ) from a complete SVD basis: zero C[:k, :k] and C's diagonal, C = Uᵀ τ V."""
+    """P(τ) from a complete SVD basis: zero C[:k, :k] and C's diagonal, C = Uᵀ τ V.
+
+    k = argmax(cumsum(s) / Σs > α), the reference's split rank (unsquared, no +1).
+    """
     u, s, vh = torch.linalg.svd(merged.double(), full_matrices=True)
-    energy = torch.cumsum(s**2, 0) / (s**2).sum()
-    k = int((energy < alpha - 1e-12).sum()) + 1
+    k = int(((torch.cumsum(s, 0) / s.sum()) > alpha).double().argmax())
     coeffs = u.mT @ task.double() @ vh.mT
     keep = torch.zeros_like(coeffs, dtype=torch.bool)
     keep[:k, :k] = True
@@ -34,6 +40,13 @@ def test_options_defaults_and_validation() -> None:
     options = OpcmOptions()
     assert options.alpha == 0.5
     assert options.zero_diagonal is True
+    assert options.zero_null_diagonal is True
+    assert (options.spectrum, options.project, options.others) == (
+        "singular_values",
+        "linear",
+        "scaled_sum",
+    )
+    assert (options.svd, options.shuffle_order, options.project_lm_head) == ("exact", False, True)
     assert (options.max_rank, options.full_svd_max_dim, options.power_iters) == (64, 128, 2)
     with pytest.raises(ValidationError):
         OpcmOptions(gamma=1.0)  # type: ignore[call-arg]
@@ -58,16 +71,18 @@ def test_single_contributor_is_its_own_task_vector() -> None:
         torch.testing.assert_close(out, delta)  # M₁ = τ₁, λ₁ = w₁·‖τ₁‖/‖τ₁‖
 
 
-def test_orthogonal_subspaces_pass_untouched() -> None:
-    # τ₁ lives in rows/cols {0, 1}, τ₂ in rows/cols {2, 3}: Uᵀ τ₂ = 0, so P(τ₂) = τ₂.
+def test_orthogonal_subspaces_pass_untouched_without_null_diagonal() -> None:
+    # τ₁ lives in rows/cols {0, 1}, τ₂ in rows/cols {2, 3}: Uᵀ τ₂ = 0, so P(τ₂) = τ₂ once the
+    # null directions of τ₁ (arbitrary: the reference zeroes their diagonal too) are left alone.
+    options = OpcmOptions(zero_null_diagonal=False)
     tau1 = torch.zeros(4, 4)
-    tau1[0, 0], tau1[1, 1] = 3.0, 4.0  # ‖τ₁‖ = 5 (rank 2: the null directions are not used)
+    tau1[0, 0], tau1[1, 1] = 3.0, 4.0  # ‖τ₁‖ = 5 (rank 2)
     tau2 = torch.zeros(4, 4)
     tau2[2, 3] = 5.0  # ‖τ₂‖ = 5
-    projected = project_out(tau2, tau1, tensor_generator(CTX), OpcmOptions())
+    projected = project_out(tau2, tau1, tensor_generator(CTX), options)
     torch.testing.assert_close(projected, tau2)
     # S = τ₁ + τ₂, ‖S‖ = √50, mean norm 5, so λ₂ = √2 and M₂ = (τ₁ + τ₂) / √2.
-    out = merge_opcm(torch.zeros(4, 4), [tau1, tau2], [1.0, 1.0], CTX, OpcmOptions())
+    out = merge_opcm(torch.zeros(4, 4), [tau1, tau2], [1.0, 1.0], CTX, options)
     expected = torch.zeros(4, 4)
     expected[0, 0], expected[1, 1], expected[2, 3] = 3.0, 4.0, 5.0
     torch.testing.assert_close(out, expected / math.sqrt(2))
@@ -84,14 +99,15 @@ def test_identical_task_vectors_are_removed() -> None:
 def test_identical_low_rank_removed_on_randomized_path() -> None:
     # 300 × 200 > full_svd_max_dim: the randomized SVD finds the rank-10 subspace exactly.
     tau = _rand(300, 10, seed=1) @ _rand(10, 200, seed=2)
-    projected = project_out(tau, tau, tensor_generator(CTX), OpcmOptions())
+    options = OpcmOptions(svd="randomized")
+    projected = project_out(tau, tau, tensor_generator(CTX), options)
     assert projected.norm() < 1e-4 * tau.norm()
 
 
 def test_without_diagonal_only_the_dominant_block_goes() -> None:
     tau = _rand(6, 5)
     u, s, vh = torch.linalg.svd(tau, full_matrices=False)
-    k = split_rank(s, float(tau.pow(2).sum()), 0.5)
+    k = split_rank(s, 0.5)
     projected = project_out(tau, tau, tensor_generator(CTX), OpcmOptions(zero_diagonal=False))
     torch.testing.assert_close(projected, (u[:, k:] * s[k:]) @ vh[k:], atol=1e-5, rtol=1e-5)
 
@@ -103,11 +119,14 @@ def test_projection_matches_a_complete_basis() -> None:
 
 
 def test_split_rank() -> None:
-    s = torch.tensor([3.0, 2.0, 1.0, 1.0, 1.0])  # energies 9, 4, 1, 1, 1 of 16
-    assert split_rank(s, 16.0, 0.5) == 1
-    assert split_rank(s, 16.0, 0.8) == 2
-    assert split_rank(s, 16.0, 1.0) == 5
-    assert split_rank(s[:2], 16.0, 0.9) == 2  # truncated spectrum: capped at its length
+    s = torch.tensor([3.0, 2.0, 1.5, 1.0, 0.5])  # shares .375, .625, .8125, .9375, 1
+    assert split_rank(s, 0.5) == 1
+    assert split_rank(s, 0.7) == 2
+    assert split_rank(s, 1.0) == 0  # no share exceeds 1: argmax of all-False
+    # squared: 9, 4, 2.25, 1, .25 of 16.5 → shares .545, .788, ...
+    assert split_rank(s, 0.5, squared=True) == 0
+    assert split_rank(s, 0.6, squared=True) == 1
+    assert split_rank(s[:2], 0.9, squared=True, total=16.5) == 0  # truncated: none exceeds
 
 
 def test_merge_follows_the_listed_order() -> None:
@@ -153,21 +172,50 @@ def test_zero_task_vectors() -> None:
     a = _rand(6, 5)
     zero = torch.zeros(6, 5)
     torch.testing.assert_close(merge_opcm(zero, [zero, zero], [1, 1], CTX, OpcmOptions()), zero)
+    # M₁ = 0: every direction is null; the reference zeroes τ₂'s diagonal in whatever basis the
+    # SVD of 0 returns, so only the norm is pinned; without the null diagonal P(τ₂) = τ₂.
     out = merge_opcm(zero, [zero, a], [1.0, 1.0], CTX, OpcmOptions())
+    assert math.isclose(float(out.norm()), float(a.norm()) / 2, rel_tol=1e-5)
+    out = merge_opcm(zero, [zero, a], [1.0, 1.0], CTX, OpcmOptions(zero_null_diagonal=False))
     torch.testing.assert_close(out, a / 2)  # S = τ₂, target mean norm ‖τ₂‖ / 2
 
 
-def test_one_dimensional_tensors_are_averaged() -> None:
+def test_one_dimensional_tensors_are_summed_and_rescaled() -> None:
     d1, d2 = _rand(7, seed=1), _rand(7, seed=2)
     out = merge_opcm(torch.zeros(7), [d1, d2], [1.0, 3.0], CTX, OpcmOptions())
-    torch.testing.assert_close(out, (d1 + 3 * d2) / 4)
+    running = d1 + 3 * d2  # not projected; rescaled to the weighted mean norm
+    target = (d1.norm() + 3 * d2.norm()) / 4
+    torch.testing.assert_close(out, running * (target / running.norm()))
+    averaged = merge_opcm(torch.zeros(7), [d1, d2], [1.0, 3.0], CTX, OpcmOptions(others="average"))
+    torch.testing.assert_close(averaged, (d1 + 3 * d2) / 4)
+
+
+def test_shuffle_order_is_one_permutation_from_the_seed() -> None:
+    deltas = [_rand(6, 5, seed=30 + i) for i in range(4)]
+    options = OpcmOptions(shuffle_order=True)
+    out = merge_opcm(torch.zeros(6, 5), deltas, [1.0] * 4, CTX, options)
+    other = TensorContext(name="model.layers.1.mlp.down_proj.weight", seed=0, index=5)
+    permutations = []
+    for order in itertools.permutations(range(4)):
+        listed = merge_opcm(
+            torch.zeros(6, 5), [deltas[i] for i in order], [1.0] * 4, CTX, OpcmOptions()
+        )
+        if torch.allclose(listed, out, atol=1e-6):
+            permutations.append(order)
+    assert len(permutations) == 1  # one order, the same for a tensor of another name
+    again = merge_opcm(torch.zeros(6, 5), deltas, [1.0] * 4, other, options)
+    listed = [deltas[i] for i in permutations[0]]
+    torch.testing.assert_close(
+        again, merge_opcm(torch.zeros(6, 5), listed, [1.0] * 4, other, OpcmOptions())
+    )
 
 
 def test_deterministic_on_the_randomized_path() -> None:
     deltas = [_rand(200, 150, seed=i) for i in range(3)]
     base = torch.zeros(200, 150)
-    first = merge_opcm(base, deltas, [1.0, 1.0, 1.0], CTX, OpcmOptions())
-    second = merge_opcm(base, deltas, [1.0, 1.0, 1.0], CTX, OpcmOptions())
+    options = OpcmOptions(svd="randomized")
+    first = merge_opcm(base, deltas, [1.0, 1.0, 1.0], CTX, options)
+    second = merge_opcm(base, deltas, [1.0, 1.0, 1.0], CTX, options)
     assert torch.equal(first, second)
     assert math.isclose(float(first.norm()), sum(float(d.norm()) for d in deltas) / 3, rel_tol=1e-5)
 
