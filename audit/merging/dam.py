@@ -1,97 +1,117 @@
-"""Defense-Aware Merging (DAM): a task-shared mask and a backdoor-detection mask, alternated.
+"""Defense-Aware Merging (DAM): one Concrete mask that also lowers the entropy under a trigger.
 
-Reconstructed (from memory of the method, no code or text at hand) from Yang et al.,
-"Mitigating the Backdoor Effect for Multi-Task Model Merging via Safety-Aware Subspace"
-(Defense-Aware Merging, arXiv 2410.13910, ICLR 2025), and adapted from CLIP image classifiers
-with image triggers to chat causal LMs:
+Yang et al., "Mitigating the Backdoor Effect for Multi-Task Model Merging via Safety-Aware
+Subspace" (Defense-Aware Merging, arXiv 2410.13910, ICLR 2025), task-arithmetic variant. The
+defaults compute what the authors' code computes: tanganke/fusion_bench at commit
+54c9e8c9d9621620c720452cd8533332a32d3689,
+``fusion_bench/method/concrete_subspace/clip_safe_concrete_adamerging.py``
+(``ConcreteSafeTaskWiseAdaMergingForCLIP.train_mask``, ``run``) with the hyperparameters of
+``config/method/concrete_subspace/clip_safe_concrete_task_arithmetic.yaml`` (lr 1e-3,
+scaling_factor 0.3, adv_lr 1e-4, adv_weight 0.1, max_steps 2000, temperature 0.5,
+initial_logits 0, eval_mask_type continuous; ``trigger_norm`` 1000 is read nowhere) and the
+mask machinery of :mod:`audit.merging.concrete` (``MaskModel``, ``entropy_loss``). Every step:
 
-* Two binary Concrete masks (relaxed Bernoulli, temperature 0.5, logits initialised at 0 → keep
-  probability 0.5), each shared by all task vectors; the merged model is
-  ``θ = θ_base + m_s ⊙ m_b ⊙ Σ_i w_i τ_i``. Here both are *keep* masks (1 keeps): the paper's
-  backdoor-detection mask marks parameters to remove, i.e. ``m_b`` is its complement.
-* Task-shared mask ``m_s``: as in :mod:`audit.merging.concrete` -- Adam on the mean entropy of
-  the merged model's next-token distribution at the assistant's first response position on the
-  contributors' unlabeled chat-templated prompts (``m_b`` sampled and held fixed).
-* Trigger: the paper needs a surrogate for an unknown image trigger; here it is a *universal
-  adversarial perturbation in embedding space*, one vector ``δ`` added to the input embedding
-  of every prompt token, with ``||δ||₂ <= epsilon · r`` where ``r`` is the mean L2 norm of the
-  base model's input-embedding rows (so ``epsilon`` is model-independent). ``δ`` starts at a
-  seeded random point on that sphere, is kept across rounds, and each round takes
-  ``delta_steps`` normalised-gradient ascent steps (step ``delta_lr · epsilon · r``, then
-  projection onto the ball) on the sensitivity ``KL(p(·|x) ‖ p(·|x + δ))`` of the first-response
-  next-token distribution, with the masks fixed at their keep probabilities ``sigmoid(logit)``.
-* Backdoor mask ``m_b``: Adam on ``lambda_sensitivity · KL(p(·|x) ‖ p(·|x + δ)) +
-  lambda_entropy · H(p(·|x))`` (``m_s`` sampled and held fixed; gradients flow through both
-  the clean and the perturbed forward), so it removes the parameters that make the merged model
-  most sensitive to the trigger while keeping the task objective.
-* Schedule: ``rounds`` × (``steps_per_round`` task-mask steps, ``delta_steps`` trigger steps,
-  ``steps_per_round`` backdoor-mask steps). The paper's meta-learning (bi-level) update is
-  replaced by this plain alternation; each mask keeps one Adam optimiser across rounds.
-* Result: ``Σ_i w_i (m_s ⊙ m_b ⊙ τ_i)`` with the deterministic masks (keep iff
-  ``logit >= 0``; ties keep, so zero rounds give plain task arithmetic). Masks cover 2-D
-  weights only; 1-D tensors are merged as plain weighted sums.
+1. One mask: a continuous binary-Concrete sample of the logits over every trainable tensor,
+   each tensor divided by its mean (a single mask -- the reference has no second,
+   "backdoor" mask and multiplies nothing).
+2. Trigger: with the mask detached, one Adam step (``adv_lr``) on a per-contributor additive
+   input perturbation (initialised at zero, no norm bound) *maximising* the cross-entropy of
+   the perturbed input's prediction against the clean prediction's argmax:
+   loss ``Σ_t −CE(f(x_t + δ_t), argmax f(x_t))``.
+3. Mask: on a fresh batch, with the trigger fixed, one Adam step (``lr``) on the mask logits
+   minimising ``Σ_t [H(f(x_t)) + adv_weight · H(f(x_t + δ_t))]`` -- the entropy of the clean
+   and of the perturbed inputs (the reference's "regu2").
 
-Defaults (:class:`DamOptions`): temperature 0.5, init logit 0, 3 rounds of 12 task-mask steps,
-4 trigger steps and 12 backdoor-mask steps (Adam, lr 0.05, 16 prompts a step), epsilon 0.5,
-delta_lr 0.25, lambda_sensitivity 1, lambda_entropy 1, per-element masks -- ≈ 16 s on one idle
-CPU thread for the built-in ≈1.7M-parameter organism with two contributors (≈ 50 s when the
-core is shared three ways).
+At the end a continuous mask is sampled, divided by its mean, and the merged task vector is
+``Σ_i λ w_i (m ⊙ τ_i)`` (``λ = scaling_factor``). The reference's inner AdaMerging step on the
+task-wise weights (step "(1)" of ``train_mask``) belongs to its AdaMerging variant; in the task
+arithmetic variant the coefficients are fixed, as in
+``clip_concrete_task_arithmetic.py``'s "we do not need to perform inner optimization here".
+
+Adaptation to causal LMs (the reference perturbs CLIP images): the classifier's logits are the
+merged model's next-token logits at the assistant's first response position of the
+chat-templated prompt, so the backdoor objective is the **next-token entropy of perturbed
+inputs**; the perturbation ``δ_t`` (one per contributor, input-sized like the reference's
+``[tasks, 3, 224, 224]``) is ``(max_length, hidden)``, added to the input embeddings of the
+prompt's real tokens position by position (padding untouched). The reference's clamp of the
+perturbed image to ``[0, 1]`` has no counterpart for embeddings and is dropped.
+
+Named alternative (not the reference): ``objective="kl"`` replaces the perturbed-input entropy
+by ``KL(p(·|x) ‖ p(·|x + δ))`` (invariance to the trigger). The mask options ``rescale``,
+``mask``, ``cover``, ``granularity`` and ``scaling_factor`` are those of
+:class:`audit.merging.concrete.ConcreteOptions`.
 
 The base model is never modified (functional forwards on detached tensors; only the mask
-logits and ``δ`` receive gradients).
+logits and the perturbations receive gradients).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from audit.merging.concrete import (
+    Cover,
+    FinalMask,
     Granularity,
     MaskedMerge,
     Progress,
+    PromptBatch,
     PromptSampler,
+    concrete_sample,
+    entropy_loss,
+    final_mask,
     generator_for,
-    hard_mask,
-    mean_entropy,
+    mask_stats,
     next_token_logits,
-    relaxed_bernoulli,
+    rescaled,
+    scaled_weights,
+    task_losses,
 )
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["DamOptions", "DamResult", "learn_dam_masks", "merge_dam", "sensitivity"]
+__all__ = [
+    "DamOptions",
+    "DamResult",
+    "adversarial_loss",
+    "learn_dam_masks",
+    "merge_dam",
+    "sensitivity",
+]
+
+Objective = Literal["entropy", "kl"]
 
 
 class DamOptions(BaseModel):
-    """Options of :func:`merge_dam`.
+    """Options of :func:`merge_dam`; the defaults are the reference's (module docstring).
 
-    ``temperature`` 0.5 and ``init_logit`` 0 for both masks. ``rounds`` (3) alternations of
-    ``steps_per_round`` (12) Adam steps (``lr`` 0.05) per mask and ``delta_steps`` (4) trigger
-    steps of ``delta_lr`` (0.25) times the radius. ``epsilon`` (0.5): trigger radius as a
-    fraction of the mean input-embedding row norm. ``lambda_sensitivity`` (1.0) and
-    ``lambda_entropy`` (1.0) weigh the backdoor mask's objective. ``batch_size`` (16) prompts
-    per step split evenly over contributors; ``granularity`` ``"element"`` or ``"row"``;
-    ``max_length`` cuts prompts to their last tokens; ``seed`` ``None`` uses the merge's seed.
+    ``temperature`` (0.5), ``init_logit`` (0); ``steps`` (2000) steps, each one trigger step
+    (Adam, ``adv_lr`` 1e-4) and one mask step (Adam, ``lr`` 1e-3); ``adv_weight`` (0.1) weighs
+    the perturbed-input term; ``objective`` ``"entropy"`` (reference) or ``"kl"``;
+    ``batch_size`` (16) prompts per contributor per phase; ``scaling_factor`` (0.3),
+    ``rescale`` (true), ``mask`` (``"continuous"``), ``cover`` (``"all"``), ``granularity``,
+    ``max_length`` and ``seed`` as in :class:`audit.merging.concrete.ConcreteOptions`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     temperature: float = Field(default=0.5, gt=0)
     init_logit: float = 0.0
-    rounds: int = Field(default=3, ge=0)
-    steps_per_round: int = Field(default=12, ge=0)
-    lr: float = Field(default=0.05, gt=0)
+    steps: int = Field(default=2000, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    adv_lr: float = Field(default=1e-4, gt=0)
+    adv_weight: float = Field(default=0.1, ge=0)
+    objective: Objective = "entropy"
     batch_size: int = Field(default=16, gt=0)
-    epsilon: float = Field(default=0.5, ge=0)
-    delta_steps: int = Field(default=4, ge=0)
-    delta_lr: float = Field(default=0.25, gt=0)
-    lambda_sensitivity: float = Field(default=1.0, ge=0)
-    lambda_entropy: float = Field(default=1.0, ge=0)
+    scaling_factor: float = 0.3
+    rescale: bool = True
+    mask: FinalMask = "continuous"
+    cover: Cover = "all"
     granularity: Granularity = "element"
     max_length: int = Field(default=128, ge=2)
     seed: int | None = None
@@ -99,21 +119,21 @@ class DamOptions(BaseModel):
 
 @dataclass
 class DamResult:
-    """Merged task vector, final logits and masks of both kinds, the trigger and the history.
+    """Merged task vector, final logits and mask (before rescaling), the trigger, history, stats.
 
-    ``history`` keys: ``shared_entropy`` (per task-mask step), ``delta_kl`` (per trigger step,
-    before its update), ``backdoor_kl`` and ``backdoor_entropy`` (per backdoor-mask step),
-    ``delta_norm`` (after every trigger step); ``radius`` is the bound on ``||δ||₂``.
+    ``delta``: the per-contributor perturbations ``(contributors, max_length, hidden)`` (``None``
+    without training). ``history`` keys, one value per step: ``adversarial`` (the trigger's
+    loss ``Σ_t −CE``, before its update), ``loss`` (the mask's loss), ``clean_entropy`` and
+    ``perturbed`` (its two terms summed over contributors; ``perturbed`` is the entropy or the
+    KL). ``stats``: :func:`audit.merging.concrete.mask_stats` of the final mask.
     """
 
     task_vector: dict[str, Tensor]
-    shared_logits: dict[str, Tensor]
-    backdoor_logits: dict[str, Tensor]
-    shared_masks: dict[str, Tensor]
-    backdoor_masks: dict[str, Tensor]
+    logits: dict[str, Tensor]
+    masks: dict[str, Tensor]
     delta: Tensor | None
-    radius: float
     history: dict[str, list[float]] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def sensitivity(clean: Tensor, perturbed: Tensor) -> Tensor:
@@ -125,12 +145,30 @@ def sensitivity(clean: Tensor, perturbed: Tensor) -> Tensor:
     return (logp.exp() * (logp - logq)).sum(dim=-1).mean()
 
 
-def _radius(merge: MaskedMerge, epsilon: float) -> float:
-    """``epsilon`` times the mean L2 norm of the base input-embedding rows."""
-    if merge.embed_name is None:
-        raise ValueError("DAM needs a base model with an input-embedding weight")
-    rows = merge.base[merge.embed_name].float()
-    return float(epsilon * rows.norm(dim=-1).mean())
+def adversarial_loss(clean: Tensor, perturbed: Tensor) -> Tensor:
+    """``−CE(perturbed, argmax clean)``, batch mean (the reference's trigger loss per task)."""
+    import torch
+
+    labels = clean.detach().argmax(dim=-1)
+    return -torch.nn.functional.cross_entropy(perturbed.float(), labels)
+
+
+def _per_row(delta: Tensor, batch: PromptBatch) -> Tensor:
+    """Each row's contributor's perturbation, cut to the batch width."""
+    assert batch.task is not None
+    return delta[batch.task, : batch.input_ids.shape[1]]
+
+
+def _split_sum(clean: Tensor, perturbed: Tensor, batch: PromptBatch, loss: Any) -> Tensor:
+    """``Σ_t loss(clean rows of t, perturbed rows of t)``."""
+    assert batch.task is not None
+    total: Tensor | None = None
+    for t in range(int(batch.task.max()) + 1):
+        rows = batch.task == t
+        part = loss(clean[rows], perturbed[rows])
+        total = part if total is None else total + part
+    assert total is not None
+    return total
 
 
 def learn_dam_masks(
@@ -143,25 +181,24 @@ def learn_dam_masks(
     seed: int,
     progress: Progress | None = None,
 ) -> DamResult:
-    """Alternately learn the task-shared mask, the trigger and the backdoor mask (see module)."""
+    """Learn the defense-aware mask (see the module docstring) and merge with it."""
     import torch
 
     seed = options.seed if options.seed is not None else seed
-    merge = MaskedMerge.build(base_model, deltas, weights)
-    shared = merge.new_logits(options.init_logit, options.granularity)
-    backdoor = merge.new_logits(options.init_logit, options.granularity)
+    weights = scaled_weights(weights, options.scaling_factor)
+    merge = MaskedMerge.build(base_model, deltas, weights, options.cover)
+    logits = merge.new_logits(options.init_logit, options.granularity)
+    gen = generator_for(merge.device, seed)
     history: dict[str, list[float]] = {
-        "shared_entropy": [],
-        "delta_kl": [],
-        "delta_norm": [],
-        "backdoor_kl": [],
-        "backdoor_entropy": [],
+        "adversarial": [],
+        "loss": [],
+        "clean_entropy": [],
+        "perturbed": [],
     }
-    radius = 0.0
     delta: Tensor | None = None
-    per_round = 2 * options.steps_per_round + options.delta_steps
-    total = options.rounds * per_round
-    if total and shared:
+    if options.steps and logits:
+        if merge.embed_name is None:
+            raise ValueError("DAM needs a base model with an input-embedding weight")
         sampler = PromptSampler(
             tokenizer,
             prompts,
@@ -169,94 +206,72 @@ def learn_dam_masks(
             max_length=options.max_length,
             seed=seed,
             device=merge.device,
+            per_task=options.batch_size,
         )
-        gen = generator_for(merge.device, seed)
-        temperature = options.temperature
-        shared_leaves = list(shared.values())
-        backdoor_leaves = list(backdoor.values())
-        shared_opt = torch.optim.Adam(shared_leaves, lr=options.lr)
-        backdoor_opt = torch.optim.Adam(backdoor_leaves, lr=options.lr)
-        radius = _radius(merge, options.epsilon)
-        hidden = merge.base[str(merge.embed_name)].shape[-1]
-        start = torch.randn(hidden, generator=gen, device=merge.device, dtype=torch.float32)
-        delta = start * (radius / float(start.norm().clamp_min(1e-12)))
-        done = 0
+        hidden = merge.base[merge.embed_name].shape[-1]
+        delta = torch.zeros(
+            (len(sampler.tasks), options.max_length, hidden),
+            dtype=torch.float32,
+            device=merge.device,
+            requires_grad=True,
+        )
+        leaves = list(logits.values())
+        optimizer = torch.optim.Adam(leaves, lr=options.lr)
+        adv_optimizer = torch.optim.Adam([delta], lr=options.adv_lr)
+        perturbed_term = entropy_loss if options.objective == "entropy" else None
+        for step in range(options.steps):
+            masks = {n: concrete_sample(t, options.temperature, gen) for n, t in logits.items()}
+            if options.rescale:
+                masks = {n: rescaled(m) for n, m in masks.items()}
 
-        def tick() -> None:
-            nonlocal done
-            done += 1
+            # trigger: the mask detached, maximise the CE against the clean argmax
+            fixed = merge.params({n: m.detach() for n, m in masks.items()})
+            batch = sampler.next()
+            with torch.no_grad():
+                clean = next_token_logits(merge, fixed, batch)
+            perturbed = next_token_logits(merge, fixed, batch, _per_row(delta, batch))
+            adv = _split_sum(clean, perturbed, batch, adversarial_loss)
+            adv_optimizer.zero_grad(set_to_none=True)
+            adv.backward(inputs=[delta])
+            adv_optimizer.step()
+
+            # mask: entropy of clean inputs + adv_weight * entropy of perturbed inputs
+            params = merge.params(masks)
+            batch = sampler.next()
+            trigger = _per_row(delta.detach(), batch)
+            clean = next_token_logits(merge, params, batch)
+            perturbed = next_token_logits(merge, params, batch, trigger)
+            natural = task_losses(clean, batch)
+            if perturbed_term is not None:
+                regular = task_losses(perturbed, batch, perturbed_term)
+            else:
+                regular = _split_sum(clean, perturbed, batch, sensitivity)
+            loss = natural + options.adv_weight * regular
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward(inputs=leaves)
+            optimizer.step()
+
+            history["adversarial"].append(float(adv.detach()))
+            history["loss"].append(float(loss.detach()))
+            history["clean_entropy"].append(float(natural.detach()))
+            history["perturbed"].append(float(regular.detach()))
             if progress is not None:
-                progress("dam", done, total)
-
-        for _ in range(options.rounds):
-            for _ in range(options.steps_per_round):  # task-shared mask: entropy
-                batch = sampler.next()
-                masks = {
-                    n: relaxed_bernoulli(shared[n], temperature, gen)
-                    * relaxed_bernoulli(backdoor[n].detach(), temperature, gen)
-                    for n in shared
-                }
-                loss = mean_entropy(next_token_logits(merge, merge.params(masks), batch))
-                shared_opt.zero_grad(set_to_none=True)
-                loss.backward(inputs=shared_leaves)
-                shared_opt.step()
-                history["shared_entropy"].append(float(loss.detach()))
-                tick()
-
-            with torch.no_grad():  # trigger: maximise sensitivity at the expected masks
-                expected = {
-                    n: torch.sigmoid(shared[n]) * torch.sigmoid(backdoor[n]) for n in shared
-                }
-                fixed = merge.params(expected)
-            for _ in range(options.delta_steps):
-                batch = sampler.next()
-                with torch.no_grad():
-                    clean = next_token_logits(merge, fixed, batch)
-                delta = delta.detach().requires_grad_(True)
-                kl = sensitivity(clean, next_token_logits(merge, fixed, batch, delta))
-                (grad,) = torch.autograd.grad(kl, [delta])
-                with torch.no_grad():
-                    step = grad / grad.norm().clamp_min(1e-12)
-                    delta = delta + options.delta_lr * radius * step
-                    norm = float(delta.norm())
-                    if norm > radius:
-                        delta = delta * (radius / norm)
-                history["delta_kl"].append(float(kl.detach()))
-                history["delta_norm"].append(float(delta.norm()))
-                tick()
-            delta = delta.detach()
-
-            for _ in range(options.steps_per_round):  # backdoor mask: sensitivity + entropy
-                batch = sampler.next()
-                masks = {
-                    n: relaxed_bernoulli(shared[n].detach(), temperature, gen)
-                    * relaxed_bernoulli(backdoor[n], temperature, gen)
-                    for n in shared
-                }
-                params = merge.params(masks)
-                clean = next_token_logits(merge, params, batch)
-                kl = sensitivity(clean, next_token_logits(merge, params, batch, delta))
-                entropy = mean_entropy(clean)
-                loss = options.lambda_sensitivity * kl + options.lambda_entropy * entropy
-                backdoor_opt.zero_grad(set_to_none=True)
-                loss.backward(inputs=backdoor_leaves)
-                backdoor_opt.step()
-                history["backdoor_kl"].append(float(kl.detach()))
-                history["backdoor_entropy"].append(float(entropy.detach()))
-                tick()
-
-    shared_masks = {n: hard_mask(t.detach()) for n, t in shared.items()}
-    backdoor_masks = {n: hard_mask(t.detach()) for n, t in backdoor.items()}
-    final = {n: shared_masks[n] * backdoor_masks[n] for n in shared_masks}
+                progress("dam", step + 1, options.steps)
+        delta = delta.detach()
+    with torch.no_grad():
+        final = {
+            n: final_mask(t.detach(), options.mask, options.temperature, gen)
+            for n, t in logits.items()
+        }
+        applied = {n: rescaled(m) for n, m in final.items()} if options.rescale else final
+        stats = mask_stats(merge.tau, final, applied)
     return DamResult(
-        task_vector=merge.task_vector(deltas, weights, final),
-        shared_logits={n: t.detach() for n, t in shared.items()},
-        backdoor_logits={n: t.detach() for n, t in backdoor.items()},
-        shared_masks=shared_masks,
-        backdoor_masks=backdoor_masks,
+        task_vector=merge.task_vector(deltas, weights, applied),
+        logits={n: t.detach() for n, t in logits.items()},
+        masks=final,
         delta=delta,
-        radius=radius,
         history=history,
+        stats=stats,
     )
 
 
@@ -270,10 +285,10 @@ def merge_dam(
     seed: int,
     progress: Progress,
 ) -> dict[str, Tensor]:
-    """Defense-aware merging: ``Σ_i w_i (m_s ⊙ m_b ⊙ τ_i)`` with both masks learned.
+    """Defense-aware merging: ``Σ_i λ w_i (m ⊙ τ_i)`` with the defense-aware mask ``m``.
 
     See the module docstring for the method and its adaptation, :class:`DamOptions` for the
-    defaults.
+    defaults. The mask statistics are on :func:`learn_dam_masks`' result (``stats``).
     """
     result = learn_dam_masks(
         base_model, tokenizer, deltas, weights, prompts, options, seed, progress

@@ -158,7 +158,8 @@ METHODS: tuple[MergeMethod, ...] = (
             "Merging Models on the Fly Without Retraining: A Sequential Approach to Scalable "
             "Continual Model Merging",
         ),
-        reference="FusionBench's OPCM (recalled, not consulted)",
+        reference="tanganke/fusion_bench: fusion_bench/method/opcm/opcm.py"
+        " (commit 54c9e8c9d9621620c720452cd8533332a32d3689)",
     ),
     MergeMethod(
         name="doge",
@@ -169,6 +170,8 @@ METHODS: tuple[MergeMethod, ...] = (
             "2501.01230",
             "Modeling Multi-Task Model Merging as Adaptive Projective Gradient Descent",
         ),
+        reference="tanganke/fusion_bench: fusion_bench/method/doge_ta/doge_ta.py"
+        " (commit 54c9e8c9d9621620c720452cd8533332a32d3689)",
     ),
     MergeMethod(
         name="dam",
@@ -179,6 +182,8 @@ METHODS: tuple[MergeMethod, ...] = (
             "2410.13910",
             "Mitigating the Backdoor Effect for Multi-Task Model Merging via Safety-Aware Subspace",
         ),
+        reference="tanganke/fusion_bench: fusion_bench/method/concrete_subspace/"
+        "clip_safe_concrete_adamerging.py (task-arithmetic variant)",
     ),
     MergeMethod(
         name="concrete",
@@ -189,6 +194,8 @@ METHODS: tuple[MergeMethod, ...] = (
             "2312.06173",
             "Concrete Subspace Learning based Interference Elimination for Multi-task Model Fusion",
         ),
+        reference="tanganke/fusion_bench: fusion_bench/method/concrete_subspace/"
+        "clip_concrete_task_arithmetic.py",
     ),
 )
 """Every merge method, in the order suites' error messages and schemas list them."""

@@ -85,14 +85,28 @@ def test_base_model_left_unchanged(setup: tuple[Any, Any, Any]) -> None:
 
 
 def test_zero_steps_single_contributor_is_the_keep_all_rule(setup: tuple[Any, Any, Any]) -> None:
-    """Logits start at 0 and ``logit >= 0`` keeps, so no training gives ``w · τ`` exactly."""
+    """With the ``threshold`` option, logits at 0 keep everything: ``w · τ`` exactly."""
     base, tokenizer, deltas = setup
     single = {n: v[:1] for n, v in deltas.items()}
-    result = learn_concrete_mask(base, tokenizer, single, [0.7], [[]], ConcreteOptions(steps=0), 0)
+    options = ConcreteOptions(steps=0, mask="threshold", scaling_factor=1.0)
+    result = learn_concrete_mask(base, tokenizer, single, [0.7], [[]], options, 0)
     assert result.history == []
     for name, vectors in single.items():
         assert result.task_vector[name].equal(vectors[0] * 0.7)
     assert all(bool(m.eq(1).all()) for m in result.masks.values())
+    assert result.stats == {"keep_rate": 1.0, "kept_coordinates": 1.0, "norm_ratio": 1.0}
+
+
+def test_defaults_are_the_reference() -> None:
+    o = ConcreteOptions()
+    assert (o.lr, o.steps, o.scaling_factor, o.temperature, o.init_logit) == (
+        1e-3,
+        2000,
+        0.3,
+        0.5,
+        0.0,
+    )
+    assert (o.rescale, o.mask, o.cover, o.batch_size) == (True, "continuous", "all", 16)
 
 
 def test_hard_mask_tie_break() -> None:
@@ -102,9 +116,27 @@ def test_hard_mask_tie_break() -> None:
     assert hard_mask(logits).tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
-def test_masks_cover_2d_weights_only(setup: tuple[Any, Any, Any]) -> None:
+def test_masks_cover_every_parameter_by_default(setup: tuple[Any, Any, Any]) -> None:
     base, tokenizer, deltas = setup
-    options = ConcreteOptions(steps=5, batch_size=4, lr=0.5)
+    options = ConcreteOptions(steps=2, batch_size=2)
+    result = learn_concrete_mask(base, tokenizer, deltas, WEIGHTS, PROMPTS, options, 0)
+    params = {n for n, _ in base.named_parameters()}  # tied lm_head deduplicated
+    assert set(result.logits) == params
+    assert 0.3 < result.stats["keep_rate"] < 0.7  # a relaxed sample around probability 0.5
+    assert result.stats["norm_ratio"] > 0.9  # rescaled by the mean: the update's scale kept
+
+
+def test_masks_cover_2d_weights_only_as_an_option(setup: tuple[Any, Any, Any]) -> None:
+    base, tokenizer, deltas = setup
+    options = ConcreteOptions(
+        steps=5,
+        batch_size=4,
+        lr=0.5,
+        cover="matrices",
+        mask="threshold",
+        rescale=False,
+        scaling_factor=1.0,
+    )
     result = learn_concrete_mask(base, tokenizer, deltas, WEIGHTS, PROMPTS, options, 0)
     masked = {n for n, v in deltas.items() if v[0].dim() == 2 and n != "lm_head.weight"}
     assert set(result.logits) == masked
@@ -125,10 +157,12 @@ def test_row_granularity_and_rescale(setup: tuple[Any, Any, Any]) -> None:
     options = ConcreteOptions(steps=5, batch_size=4, lr=0.5, granularity="row", rescale=True)
     result = learn_concrete_mask(base, tokenizer, deltas, WEIGHTS, PROMPTS, options, 0)
     for name, logits in result.logits.items():
-        assert logits.shape == (deltas[name][0].shape[0], 1)
-        mask = result.masks[name]
-        if bool(mask.gt(0).any()):
-            assert float(mask.mean()) == pytest.approx(1.0, rel=1e-5)
+        shape = tuple(deltas[name][0].shape)
+        assert logits.shape == shape[:1] + (1,) * (len(shape) - 1)
+        mask = result.masks[name]  # before rescaling; the merge divides it by its mean
+        plain = (deltas[name][0] + deltas[name][1]) * 0.3 * WEIGHTS[0]
+        expected = plain * (mask / mask.mean())
+        assert result.task_vector[name].allclose(expected, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_inputs(setup: tuple[Any, Any, Any]) -> None:
@@ -165,4 +199,5 @@ def test_float_buffers_are_plain_weighted_sums(setup: tuple[Any, Any, Any]) -> N
     out = merge_concrete(
         base, tokenizer, {**deltas, name: vectors}, WEIGHTS, PROMPTS, options, 0, lambda *a: None
     )
-    assert out[name].allclose(vectors[0] * WEIGHTS[0] + vectors[1] * WEIGHTS[1])
+    plain = vectors[0] * WEIGHTS[0] + vectors[1] * WEIGHTS[1]
+    assert out[name].allclose(0.3 * plain)  # the reference's scaling_factor 0.3
