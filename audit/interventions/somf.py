@@ -1,10 +1,28 @@
 """The ``somf`` intervention: safety realignment by subspace-oriented model fusion.
 
-Yi et al., arXiv 2405.09055, reconstructed (see :mod:`audit.merging.safety_mask` for the method
-and what was adapted). ``θ = θ_aligned + Merge({m ⊙ τ_i / mean(m)})`` with ``τ_i = θ_i −
-θ_aligned`` for each input model and ``m`` one binary-Concrete mask learned on refusal pairs
+Yi et al., arXiv 2405.09055, following the authors' code (xinykou/safety_realignment at commit
+5a805935b6fbdd7d63cf013c622631a186c133a5, ``llama_factory/src/llmtuner/model/modeling.py``,
+``concrete_mask.py`` and ``tasks/*.py``; see :mod:`audit.merging.safety_mask` for the method and
+what was adapted). ``θ = θ_aligned + Merge({m ⊙ τ_i / mean(m)})`` with ``τ_i = θ_i − θ_aligned``
+for each input model and ``m`` one binary-Concrete mask learned on refusal pairs
 (cross-entropy), or with DPO on preference records (``prompt``, ``chosen``, ``rejected``; β 0.1,
-the unmasked fusion as reference model).
+the unmasked fusion as reference model). The final mask is sampled from the learned Bernoulli
+(seeded from the run's seed).
+
+Default weights (``weights`` unset) are the reference's (``modeling.py``
+``PeftMaskModel._init_task_wise_weight`` and the merge functions of ``tasks/``):
+
+* one input model: 1.0 (``task_arithmetic_func`` and ``ties_merging_func`` return a lone task
+  vector unweighted, as does the reference's default of no merge method), except the DARE
+  methods: 0.3 (``dare_func`` weights even a lone vector);
+* several: 0.3 each (task arithmetic, DARE; ``magnitude_prune``, which has no counterpart, takes
+  0.3 too), 0.4 each for TIES (the reference multiplies its TIES result by 0.4).
+
+The reference's ``weight_averaging`` (``1/n``) has no merge method here; give
+``weights = [1/n, …]`` with ``task_arithmetic`` for it. Left as is: with one input model the
+reference applies no merge at all (a lone vector is returned untrimmed), while ``ties``,
+``dare_*`` and ``magnitude_prune`` here still trim/drop it (at ``density``); and for several the
+reference's TIES and DARE differ from peft's (see :mod:`audit.merging.safety_mask`).
 """
 
 from __future__ import annotations
@@ -15,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from audit.merging.methods import method, names
+from audit.merging.safety_mask import FinalMask
 from audit.plugins import ModelRef, RunContext, SafetyData, TrainedModel
 from audit.plugins import Params as BaseParams
 
@@ -30,9 +49,13 @@ else:
     """The merge methods autograd flows through (the peft ones), from
     :data:`audit.merging.methods.METHODS`."""
 
-DEFAULT_WEIGHT = {"ties": 0.4, "dare_ties": 0.4}
-"""Per-task weight by method when ``weights`` is not given (the paper's: 0.4 for TIES); 0.3
-(its task-arithmetic weight) for every other method."""
+DEFAULT_WEIGHT = {"ties": 0.4}
+"""Per-task weight by method for several input models when ``weights`` is not given (the
+reference's: 0.4 for TIES); 0.3 (its task-arithmetic and DARE weight) for every other method,
+``dare_ties`` included (the reference's DARE has no sign election; it weights 0.3)."""
+
+WEIGHTED_ALONE = ("dare_linear", "dare_ties")
+"""Methods the reference weights (0.3) even for one input model (its ``dare_func``)."""
 
 
 class SomfIntervention:
@@ -45,7 +68,7 @@ class SomfIntervention:
     """
 
     name: ClassVar[str] = "somf"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     class Params(BaseParams):
         """SOMF parameters.
@@ -55,13 +78,16 @@ class SomfIntervention:
         ``rejected``), trained with DPO (``dpo_beta`` 0.1) against the unmasked fusion.
         ``objective``: ``auto`` picks DPO exactly when the data are preference records.
         ``method``: the merge of the masked task vectors (peft methods only; they are
-        differentiable in the mask). ``weights``: one per input model
-        (default 0.3 each, 0.4 for ties/dare_ties). ``density``/``majority_sign_method``: as in
-        the merge. ``steps`` (100) Adam steps at ``lr`` (``None``: 1e-3 for one input model,
-        1e-2 for several) on ``batch_size`` (16) pairs; Concrete ``temperature`` (0.5).
-        ``binarize``: final mask ``logit >= 0`` (True) or ``sigmoid(logit)``. ``max_length``:
-        tokens per pair. ``eval_examples``: pairs (a seeded sample) behind the final safety
-        losses in ``info``. ``seed``: ``None`` uses the run's seed.
+        differentiable in the mask). ``weights``: one per input model (default the
+        reference's: 1.0 for one input model, 0.3 for dare_* alone; 0.3 each for several, 0.4
+        for ties). ``density``/``majority_sign_method``: as in the merge. ``steps``
+        (100) Adam steps at ``lr`` (``None``: 1e-3 for one input model, 1e-2 for several) on
+        ``batch_size`` (16) pairs; Concrete ``temperature`` (0.5). ``mask``: the final mask,
+        ``sample`` (a binary draw, entry kept with probability ``sigmoid(logit)``, seeded from
+        ``seed``; the reference's), ``relaxed`` (the relaxed Concrete draw), ``threshold``
+        (``logit >= 0``) or ``sigmoid`` (``sigmoid(logit)``). ``max_length``: tokens per pair.
+        ``eval_examples``: pairs (a seeded sample) behind the final safety losses in ``info``.
+        ``seed``: ``None`` uses the run's seed.
         """
 
         aligned: ModelRef
@@ -76,7 +102,7 @@ class SomfIntervention:
         lr: float | None = Field(default=None, gt=0)
         batch_size: int = Field(default=16, gt=0)
         temperature: float = Field(default=0.5, gt=0)
-        binarize: bool = True
+        mask: FinalMask = "sample"
         max_length: int = Field(default=128, ge=2)
         eval_examples: int = Field(default=512, gt=0)
         seed: int | None = None
@@ -108,6 +134,8 @@ class SomfIntervention:
         p = self.params
         if p.weights is not None:
             return list(p.weights)
+        if n == 1 and p.method not in WEIGHTED_ALONE:
+            return [1.0]
         return [DEFAULT_WEIGHT.get(p.method, 0.3)] * n
 
     def lr(self, n: int) -> float:
@@ -143,7 +171,7 @@ class SomfIntervention:
             lr=self.lr(n),
             batch_size=p.batch_size,
             temperature=p.temperature,
-            binarize=p.binarize,
+            mask=p.mask,
             seed=seed,
             eval_examples=p.eval_examples,
             dpo_beta=p.dpo_beta,
@@ -171,7 +199,7 @@ class SomfIntervention:
             "weights": weights,
             "lr": settings.lr,
             "steps": p.steps,
-            "binarize": p.binarize,
+            "mask": p.mask,
             "seed": seed,
             "keep_rate": result.keep_rate,
             "safety_loss": result.loss,

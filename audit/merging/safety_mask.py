@@ -1,39 +1,73 @@
 """A shared binary-Concrete mask over task vectors, learned on safety data (for ``somf``).
 
-Reconstructed from Yi et al., "A safety realignment framework via subspace-oriented model fusion
-for large language models" (SOMF, arXiv 2405.09055), from memory of the method (no code or text
-at hand):
+Yi et al., "A safety realignment framework via subspace-oriented model fusion for large language
+models" (SOMF, arXiv 2405.09055), following the authors' code, xinykou/safety_realignment at
+commit 5a805935b6fbdd7d63cf013c622631a186c133a5 (paths below are under ``llama_factory/src/
+llmtuner/model/``):
 
-* ``τ_i = θ_i − θ_aligned`` for each input model ``i``; one mask ``m`` shared by all of them, a
-  binary Concrete (relaxed Bernoulli) sample at temperature 0.5 of logits initialised at 0.
-* The fused model is ``θ = θ_aligned + Merge({m ⊙ τ_i / mean(m)})`` with ``Merge`` one of the
-  peft merge methods of :mod:`audit.merging.tensor_methods`; ``mean(m)`` is taken per weight
-  tensor (the rescaling of :func:`audit.merging.concrete.rescaled`).
+* ``τ_i = θ_i − θ_aligned`` for each input model ``i``; one mask shared by all of them
+  (``modeling.py`` ``PeftMaskModel._init_mask``: ``ConcreteMask(temperature=0.5, init_value=0)``
+  over the first task vector's tensors), logits initialised at 0.
+* Training: every step draws a relaxed Bernoulli (binary Concrete) sample ``m`` of the logits
+  at temperature 0.5 (``concrete_mask.py`` ``_draw_mask``, ``rsample``), masks and rescales each
+  task vector per tensor, ``m ⊙ τ_i / mean(m)`` (``concrete_mask.py`` ``_apply_mask``), merges
+  them and adds the result to the aligned weights (``modeling.py`` ``train_mask_merge``). Here:
+  ``θ = θ_aligned + Merge({m ⊙ τ_i / mean(m)})`` with ``Merge`` one of the peft merge methods of
+  :mod:`audit.merging.tensor_methods`, at the weights :mod:`audit.interventions.somf` picks (the
+  reference's: 1.0 for a lone task vector, 0.3 each / 0.4 for TIES for several).
 * Only the mask logits are trained (Adam); every weight is frozen (functional forwards on the
   detached aligned weights, :class:`audit.merging.concrete.MaskedMerge`). The loss is the
   cross-entropy of the safety data's responses given their prompts (prompt tokens masked, as
-  :func:`audit.interventions.lora.encode_pairs` encodes them).
-* At the end the mask is either binarised (kept iff ``logit >= 0``, the tie-break of
-  :func:`audit.merging.concrete.hard_mask`: zero steps keep everything, giving exactly
-  ``θ_aligned + Merge(τ)``) or left continuous (``sigmoid(logit)``), then rescaled as above.
-* Masks cover 2-D weights only (embeddings included); 1-D tensors take the plain ``Merge``.
+  :func:`audit.training.loop.encode_pairs` encodes them), or DPO with preference data (below;
+  the reference trains with DPO only, ``scripts/realign/train/*-mask_dpo.sh``).
+* The final mask (:func:`final_mask`), by ``SafetyMaskSettings.mask``:
+
+  - ``"sample"`` (default, the reference's binary mask, ``concrete_mask.py`` ``_draw_mask`` with
+    ``binary_mask=True``: ``RelaxedBernoulli(0.5, logits).sample() > 0.5``, used by
+    ``export_binary_mask_model.py`` and the ``*-binary_mask_dpo.sh`` evaluations): entry ``j``
+    kept iff ``logit_j + log u_j − log(1 − u_j) > 0``, i.e. independently with probability
+    ``sigmoid(logit_j)`` whatever the temperature. The reference draws ``u`` from torch's global
+    generator; here each masked tensor ``name`` draws its ``u`` (``torch.rand`` of its shape,
+    float32, CPU) from a generator seeded with :func:`final_mask_seed` ``(seed, name)``, so a run
+    is reproducible and the draw does not depend on the device or on the training noise.
+  - ``"relaxed"``: that relaxed sample itself, not binarised (the reference's path with
+    ``binary_mask=False``, its default at inference, ``modeling.py`` ``inference_mask_merge``).
+  - ``"threshold"``: ``logit >= 0`` (deterministic; zero steps keep everything, giving exactly
+    ``θ_aligned + Merge(τ)``). Not in the reference (audit's earlier default).
+  - ``"sigmoid"``: ``sigmoid(logit)`` (the reference's ``draw_sample=False`` path, ``probs``).
+
+  In every case the mask is then rescaled per tensor, ``m / mean(m)``, as in training.
 * With preference data (``rejected`` examples beside the chosen ones) the loss is DPO
-  (Rafailov et al., arXiv 2305.18290) instead: ``−log σ(β[(log π(c) − log π_ref(c)) −
-  (log π(r) − log π_ref(r))])`` over summed response-token log-probabilities, with β = 0.1 by
-  default and the unmasked fusion ``θ_aligned + Merge(τ)`` as the frozen reference ``π_ref``
-  (our choice: the paper's reference model is not at hand).
+  (Rafailov et al., arXiv 2305.18290): ``−log σ(β[(log π(c) − log π_ref(c)) − (log π(r) −
+  log π_ref(r))])`` over summed response-token log-probabilities, with β = 0.1 by default and the
+  unmasked fusion ``θ_aligned + Merge(τ)`` as the frozen reference ``π_ref`` (our choice; not
+  checked against the reference's trainer).
+
+Adaptation (kept on purpose): the reference's task vectors are differences of LoRA *factors*
+(``modeling.py`` ``_init_task_vector``: ``adapter_model`` of the fine-tuned adapter minus that of
+the safety adapter, both on one pretrained model, ``lora_A``/``lora_B`` of ``q_proj``/``v_proj``),
+so it masks factor entries and the fused adapter's ``ΔW = s·(B_s + m_B ⊙ δB)(A_s + m_A ⊙ δA)``
+is bilinear in the mask. Here the aligned model is a full checkpoint and each input a full
+checkpoint or a LoRA adapter *of the aligned model*; :func:`audit.merging.stream.load_task_vectors`
+densifies adapters to ``scale · B @ A``, and the mask is over the dense ``ΔW`` entries of every
+2-D weight (embeddings included); 1-D tensors take the plain ``Merge``. Masking factors is not
+offered: an adapter of the aligned model has no aligned-side factors to subtract (its ``τ`` would
+be the raw factors, ``A`` a random initialisation), factors of different contributors are not
+aligned entry by entry, and merged/full-weight inputs have no factors at all.
 
 For ``task_arithmetic`` the masked merge is ``(m / mean m) ⊙ Σ_i w_i τ_i``, so training uses
 one precomputed sum; other methods (TIES, DARE, magnitude pruning) are not linear in the mask and
 are re-run with autograd on every step (TIES' trim and sign election are piecewise constant in
-the mask: gradients flow through the kept values only).
+the mask: gradients flow through the kept values only). The reference's own TIES
+(``tasks/ties_merging.py``: top 20 % over all tensors at once, disjoint *sum*, times the first
+weight) and DARE (``tasks/dare.py``: drop rate 0.2) differ from peft's; those are not reproduced.
 
-Caveat, measured on the organism (merged_ta realigned on ``organism:refusals``, weight 1): with
-logits still near 0 after training (|logit| ≈ 0.1 at lr 1e-3, ≈ 0.6 at lr 0.1, 100 steps) the
-relaxed samples are far from the final hard mask, and the binarised, rescaled mask raised the
-refusal cross-entropy above the unmasked merge's (1.64 / 0.49 vs 0.23), while the continuous
-mask (``binarize = False``) lowered it (0.065). Check ``info.safety_loss`` against
-``info.safety_loss_unmasked``.
+Caveat, measured on the organism (merged_ta realigned on ``organism:refusals``, weight 1, before
+the final mask was sampled): with logits still near 0 after training (|logit| ≈ 0.1 at lr 1e-3,
+≈ 0.6 at lr 0.1, 100 steps) the relaxed samples are far from any hard mask: the thresholded,
+rescaled mask raised the refusal cross-entropy above the unmasked merge's (1.64 / 0.49 vs 0.23),
+the continuous one (``"sigmoid"``) lowered it (0.065). A sampled mask keeps each entry with
+probability ≈ 0.5 there. Check ``info.safety_loss`` against ``info.safety_loss_unmasked``.
 
 Memory: the aligned model, every ``τ_i`` (float32), one copy of the unmasked ``Merge(τ)``, and
 per masked weight a logit tensor with its two Adam moments.
@@ -44,21 +78,26 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from audit.merging.base import TensorContext, TensorMethod
-from audit.merging.concrete import (
-    MaskedMerge,
-    generator_for,
-    hard_mask,
-    relaxed_bernoulli,
-    rescaled,
-)
+from audit.merging.base import TensorContext, TensorMethod, derived_seed
+from audit.merging.concrete import MaskedMerge, generator_for, relaxed_bernoulli, rescaled
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["SafetyMaskResult", "SafetyMaskSettings", "learn_safety_mask", "safety_loss"]
+__all__ = [
+    "FinalMask",
+    "SafetyMaskResult",
+    "SafetyMaskSettings",
+    "final_mask",
+    "final_mask_seed",
+    "learn_safety_mask",
+    "safety_loss",
+]
+
+FinalMask = Literal["sample", "relaxed", "threshold", "sigmoid"]
+"""How the final mask is read from the learned logits (see the module docstring)."""
 
 Progress = Callable[[str, int, int], None]
 Example = tuple[list[int], list[int]]
@@ -68,14 +107,15 @@ IGNORE_INDEX = -100
 @dataclass(frozen=True)
 class SafetyMaskSettings:
     """Training settings: Adam ``steps`` at ``lr``, ``batch_size`` pairs a step, the Concrete
-    ``temperature``, whether the final mask is binarised, the seed (noise, batch order and the
-    evaluation sample), and how many pairs (a seeded sample) the final safety losses use."""
+    ``temperature``, how the final ``mask`` is read (:data:`FinalMask`), the seed (noise, batch
+    order, the final mask's draw and the evaluation sample), and how many pairs (a seeded sample)
+    the final safety losses use."""
 
     steps: int = 100
     lr: float = 1e-3
     batch_size: int = 16
     temperature: float = 0.5
-    binarize: bool = True
+    mask: FinalMask = "sample"
     seed: int = 0
     eval_examples: int = 512
     dpo_beta: float = 0.1
@@ -166,6 +206,42 @@ def safety_loss(
                 total += float(_loss(merge, params, batch)) * n
                 tokens += n
     return total / tokens if tokens else float("nan")
+
+
+def final_mask_seed(seed: int, name: str) -> int:
+    """The seed of the final mask's draw for the tensor ``name``: :func:`derived_seed` of
+    ``(seed, "somf-final-mask:" + name)`` (a stream apart from the training noise)."""
+    return derived_seed(TensorContext(name=f"somf-final-mask:{name}", seed=int(seed), index=0))
+
+
+def final_mask(logits: Tensor, rule: FinalMask, temperature: float, seed: int, name: str) -> Tensor:
+    """The final (unrescaled) mask of one tensor's learned ``logits``, float32 on the CPU.
+
+    ``"sample"``/``"relaxed"`` compute, with ``u = torch.rand`` from a CPU generator seeded with
+    :func:`final_mask_seed` ``(seed, name)``, exactly what torch's
+    ``RelaxedBernoulli(temperature, logits=logits).sample()`` computes from the same ``u`` (the
+    reference's draw): probabilities and ``u`` clamped to ``[eps, 1 − eps]``, ``x = (log u −
+    log(1 − u) + log p − log(1 − p)) / temperature``, ``sigmoid(x)`` clipped to ``[tiny, 1 −
+    eps]``; ``"sample"`` keeps the entries where that exceeds 0.5 (probability ``sigmoid(logit)``).
+    ``"threshold"``: ``logit >= 0``; ``"sigmoid"``: ``sigmoid(logit)``.
+    """
+    import torch
+
+    value = logits.detach().float().cpu()
+    if rule == "threshold":
+        return (value >= 0).float()
+    if rule == "sigmoid":
+        return torch.sigmoid(value)
+    if rule not in ("sample", "relaxed"):
+        raise ValueError(f"unknown final mask rule {rule!r}")
+    info = torch.finfo(value.dtype)
+    generator = torch.Generator(device="cpu").manual_seed(final_mask_seed(seed, name))
+    u = torch.rand(value.shape, generator=generator, dtype=value.dtype)
+    u = u.clamp(info.eps, 1 - info.eps)
+    probs = torch.sigmoid(value).clamp(info.eps, 1 - info.eps)
+    x = (u.log() - (-u).log1p() + probs.log() - (-probs).log1p()) / temperature
+    relaxed = torch.sigmoid(x).clamp(info.tiny, 1 - info.eps)
+    return (relaxed > 0.5).float() if rule == "sample" else relaxed
 
 
 def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -308,7 +384,7 @@ def learn_safety_mask(
             if progress is not None:
                 progress("somf", step + 1, settings.steps)
     final = {
-        n: hard_mask(t.detach()) if settings.binarize else torch.sigmoid(t.detach())
+        n: final_mask(t, settings.mask, settings.temperature, settings.seed, n)
         for n, t in logits.items()
     }
     entries = sum(m.numel() for m in final.values())

@@ -106,42 +106,44 @@ def test_is_an_intervention_and_defaults() -> None:
     params = SomfIntervention.Params(aligned="a", safety_data="x")
     somf = SomfIntervention(params)
     assert isinstance(somf, Intervention)
-    assert (params.method, params.steps, params.batch_size, params.binarize) == (
+    assert (params.method, params.steps, params.batch_size, params.mask) == (
         "task_arithmetic",
         100,
         16,
-        True,
+        "sample",
     )
-    assert somf.weights(2) == [0.3, 0.3] and somf.lr(1) == 1e-3 and somf.lr(3) == 1e-2
+    assert somf.weights(1) == [1.0] and somf.weights(2) == [0.3, 0.3]
+    assert somf.lr(1) == 1e-3 and somf.lr(3) == 1e-2
     ties = SomfIntervention(SomfIntervention.Params(aligned="a", safety_data="x", method="ties"))
-    assert ties.weights(1) == [0.4]
+    assert ties.weights(1) == [1.0] and ties.weights(2) == [0.4, 0.4]
     with pytest.raises(ValueError):
         SomfIntervention.Params(aligned="a", safety_data="x", method="dam")
 
 
 @pytest.mark.parametrize(
-    ("method", "binarize", "names"),
+    ("method", "mask", "names"),
     [
-        ("task_arithmetic", True, ("complier",)),
-        ("task_arithmetic", False, ("complier",)),
-        ("ties", True, ("complier", "other")),
+        ("task_arithmetic", "threshold", ("complier",)),
+        ("task_arithmetic", "sigmoid", ("complier",)),
+        ("ties", "threshold", ("complier", "other")),
     ],
 )
 def test_zero_steps_is_the_plain_merge(
-    models: Models, tmp_path: Path, method: str, binarize: bool, names: tuple[str, ...]
+    models: Models, tmp_path: Path, method: str, mask: str, names: tuple[str, ...]
 ) -> None:
-    """Logits start at 0 and ``logit >= 0`` keeps (sigmoid 0.5 rescales to 1): ``Merge(τ)``."""
+    """Logits start at 0 and ``logit >= 0`` keeps (sigmoid 0.5 rescales to 1): ``Merge(τ)``
+    at the default weights (1.0 alone, 0.4 each for TIES with several)."""
     import torch
 
-    out = run(models, tmp_path, names, method=method, steps=0, binarize=binarize, density=0.4)
-    weights = [0.4 if method == "ties" else 0.3] * len(names)
+    out = run(models, tmp_path, names, method=method, steps=0, mask=mask, density=0.4)
+    weights = [1.0] if len(names) == 1 else [0.4 if method == "ties" else 0.3] * len(names)
     plan = plan_merge(models.aligned.path, [getattr(models, n).path for n in names])
     options = SomfIntervention.Params(aligned="a", safety_data="x", density=0.4)
     expected = merge_state_dict(plan, PEFT_METHODS[method], weights, options=options, seed=0)
     got = out.model.state_dict()
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), name
-    assert out.info["keep_rate"] == pytest.approx(1.0 if binarize else 0.5)
+    assert out.info["keep_rate"] == pytest.approx(1.0 if mask == "threshold" else 0.5)
     assert out.info["steps"] == 0 and out.info["weights"] == weights
     assert out.model.lm_head.weight.data_ptr() == out.model.model.embed_tokens.weight.data_ptr()
 
@@ -193,7 +195,7 @@ def test_masks_and_the_one_dimensional_tensors(setup: Any) -> None:
             mask = result.masks[name]
             assert set(mask.unique().tolist()) <= {0.0, 1.0}
             assert result.task_vector[name].allclose(tau * mask / mask.mean())
-    soft = learn(setup, steps=5, binarize=False)
+    soft = learn(setup, steps=5, mask="sigmoid")
     assert all(bool(((m > 0) & (m < 1)).all()) for m in soft.masks.values())
 
 
