@@ -73,9 +73,12 @@ def _update_norms(model: Any, parent: dict[str, Any], guards: dict[str, Any]) ->
     return critical**0.5, task**0.5
 
 
-def test_regulariser_shrinks_the_critical_update(tiny_checkpoint: Path, root: Path) -> None:
+@pytest.mark.parametrize("scope", ["global", "module"])
+def test_regulariser_shrinks_the_critical_update(
+    tiny_checkpoint: Path, root: Path, scope: str
+) -> None:
     from audit.data.records import PairRecord, load_records
-    from audit.interventions.alignguard_terms import critical_mask
+    from audit.interventions.alignguard_terms import critical_mask, critical_masks
     from audit.training.fisher import fisher, linear_modules
     from audit.training.loop import encode_pairs
 
@@ -84,18 +87,27 @@ def test_regulariser_shrinks_the_critical_update(tiny_checkpoint: Path, root: Pa
     records = load_records("path:safety.jsonl", PairRecord, suite_dir=root, split="train")
     examples = encode_pairs(parent.tokenizer, records, 128)
     names = sorted(linear_modules(parent.model, ["q_proj", "k_proj", "v_proj", "o_proj"]))
-    masks = {
-        n: critical_mask(f.diag, 0.1) for n, f in fisher(parent.model, examples, names).items()
-    }
+    diags = {n: f.diag for n, f in fisher(parent.model, examples, names).items()}
+    # The hard critical coordinates as the intervention ranks them: across all modules (one
+    # scale factor does not change a ranking) or within each.
+    if scope == "global":
+        masks = dict(zip(names, critical_masks([diags[n] for n in names], 0.1), strict=True))
+    else:
+        masks = {n: critical_mask(diags[n], 0.1) for n in names}
     common = {**COMMON, "dropout": 0.0, "steps": 20}
     lora, _ = _run(LoraIntervention, LoraIntervention.Params(**common), tiny_checkpoint, root, "l")
     strong = AlignGuardIntervention.Params(
-        **common, safety_data="path:safety.jsonl", lambda_a=50.0, lambda_t=0.0, lambda_nc=0.0
+        **common,
+        safety_data="path:safety.jsonl",
+        lambda_a=50.0,
+        lambda_t=0.0,
+        lambda_nc=0.0,
+        fisher_scope=scope,
     )
     agl, _ = _run(AlignGuardIntervention, strong, tiny_checkpoint, root, "a")
     lora_a, lora_t = _update_norms(lora.model, before, masks)
     agl_a, agl_t = _update_norms(agl.model, before, masks)
-    print(f"lora {lora_a:.4f} {lora_t:.4f}  agl {agl_a:.4f} {agl_t:.4f}")
+    print(f"{scope}: lora {lora_a:.4f} {lora_t:.4f}  agl {agl_a:.4f} {agl_t:.4f}")
     # The critical coordinates' share of the update shrinks; the task part still trains.
     assert agl_a / agl_t < 0.5 * lora_a / lora_t
     assert agl_t > 0.2 * lora_t
@@ -150,9 +162,10 @@ def test_params() -> None:
         0.1,
         0.5,
         4.0,
-        0.01,
+        1.0,
     )
-    assert p.split == "mask" and p.steps == LoraIntervention.Params(data="x").steps
+    assert p.split == "soft" and p.fisher_scope == "global" and p.eta_scale == "rms"
+    assert p.steps == LoraIntervention.Params(data="x").steps
     with pytest.raises(ValidationError, match="safety_data"):
         AlignGuardIntervention.Params(data="x")  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
