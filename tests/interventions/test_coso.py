@@ -146,7 +146,13 @@ def test_frequent_directions_and_new_directions() -> None:
 
 def test_params() -> None:
     p = CosoIntervention.Params(data="x")
-    assert (p.rank, p.refresh, p.sketch_size, p.threshold, p.max_history) == (8, 20, 32, 0.9, 0.5)
+    assert (p.rank, p.refresh, p.sketch_size, p.threshold, p.max_history) == (8, 1, 32, 0.9, 0.5)
+    assert (p.fold, p.sketch_update, p.sketch_decay, p.history_rule) == (
+        "refresh",
+        "truncated",
+        1.0,
+        "below",
+    )
     assert (p.lr, p.weight_decay, p.steps) == (1e-5, 0.01, 100)
     with pytest.raises(ValidationError):
         CosoIntervention.Params(data="x", rank=0)
