@@ -131,8 +131,9 @@ class MergeIntervention:
             suite_dir=ctx.suite_dir,
             trust_remote_code=base.trust_remote_code,
         )
+        size: dict[str, float] = {}
         if p.method in MODEL_METHODS:
-            model, tokenizer, stats = self._model_level(plan, base, weights, seed, ctx)
+            model, tokenizer, stats = self._model_level(plan, base, weights, seed, ctx, size)
         else:
             model, tokenizer, stats = self._streamed(plan, base, weights, seed, ctx)
         info = {
@@ -146,6 +147,7 @@ class MergeIntervention:
             "merged": stats.merged,
             "copied_from_base": stats.copied,
             "tied": stats.tied,
+            **size,
         }
         return TrainedModel(model=model, tokenizer=tokenizer, info=info)
 
@@ -179,8 +181,18 @@ class MergeIntervention:
         return model, tokenizer, stats
 
     def _model_level(
-        self, plan: Any, base: ModelHandle, weights: list[float], seed: int, ctx: RunContext
+        self,
+        plan: Any,
+        base: ModelHandle,
+        weights: list[float],
+        seed: int,
+        ctx: RunContext,
+        size: dict[str, float],
     ) -> tuple[Any, Any, Any]:
+        """A model-level merge; ``size`` receives its ``keep_rate`` and ``norm_ratio`` against
+        task arithmetic with the same weights and scaling
+        (:func:`audit.interventions.control.update_stats`), so a masking method's effect can be
+        read beside its size."""
         import torch
 
         from audit.data.records import PairRecord, load_records
@@ -204,7 +216,13 @@ class MergeIntervention:
         merged = merge(
             model, tokenizer, vectors, weights, prompts, self._options(), seed, ctx.progress
         )
-        del vectors
+        from audit.interventions.control import update_stats
+
+        plain = {n: sum(w * t.float() for w, t in zip(weights, vs, strict=True))
+                 for n, vs in vectors.items()}  # fmt: skip
+        keep, ratio = update_stats({n: d.float().cpu() for n, d in merged.items()}, plain)
+        size.update(keep_rate=keep, norm_ratio=ratio)  # the scaling multiplies both sides
+        del vectors, plain
         state = model.state_dict()
         with torch.no_grad():
             for name, delta in merged.items():

@@ -120,6 +120,9 @@ def test_model_level_methods_get_prompts_and_all_task_vectors(
     out = MergeIntervention(params).apply(handles, context(tmp_path))
     assert seen["prompts"] == [["a 0", "a 1", "a 2"], ["b 0", "b 1", "b 2"]]
     assert seen["seed"] == 7 and seen["options"] is params.dam
+    # the method returned task arithmetic itself: it kept every coordinate at full size
+    assert out.info["keep_rate"] == pytest.approx(1.0)
+    assert out.info["norm_ratio"] == pytest.approx(1.0, rel=1e-5)
     plan = plan_merge(handles["base"].path, [handles["a"].path, handles["b"].path])
     expected = merge_state_dict(plan, PEFT_METHODS["task_arithmetic"], [1.0, 1.0])
     got = out.model.state_dict()
