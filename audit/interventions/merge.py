@@ -57,8 +57,12 @@ class MergeIntervention:
         """Merge parameters.
 
         ``weights``: one per contributor (default all 1). ``scaling``: λ on the merged task
-        vector. ``density``: fraction kept by ties, dare_* and magnitude_prune.
-        ``majority_sign_method``: sign election of ties and dare_ties. ``task_data``: prompt
+        vector. ``density``: fraction kept by ties, dare_* and magnitude_prune; ``None`` (default)
+        is the method's reference default: 0.2 for ties (the TIES authors' ``topk20``, kept
+        over each contributor's whole task vector), 0.5 for dare_* and magnitude_prune.
+        ``trim``: ties only; ``"global"`` (default) keeps each contributor's top ``density`` over
+        its whole task vector, as the TIES authors' code; ``"tensor"`` is peft's per-tensor
+        top-k. ``majority_sign_method``: sign election of ties and dare_ties. ``task_data``: prompt
         data per contributor (dam, concrete), at most ``max_prompts`` each. ``seed``: ``None``
         uses the run's seed. ``opcm``/``doge``/``dam``/``concrete``: per-method options.
         """
@@ -67,7 +71,8 @@ class MergeIntervention:
         method: Method
         weights: list[float] | None = None
         scaling: float = 1.0
-        density: float = Field(default=0.5, gt=0, le=1)
+        density: float | None = Field(default=None, gt=0, le=1)
+        trim: Literal["global", "tensor"] = "global"
         majority_sign_method: Literal["total", "frequency"] = "total"
         task_data: list[PairData] | None = None
         max_prompts: int = Field(default=64, gt=0)

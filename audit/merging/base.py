@@ -20,7 +20,7 @@ torch is imported inside functions only (plug-in modules must import fast); the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-__all__ = ["ModelMethod", "TensorContext", "TensorMethod", "derived_seed", "tensor_generator"]
+__all__ = [
+    "ModelDeltas",
+    "ModelMethod",
+    "TensorContext",
+    "TensorMethod",
+    "derived_seed",
+    "tensor_generator",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,30 @@ class TensorContext:
     """The merge's seed; methods needing randomness use :func:`tensor_generator`."""
     index: int
     """Position of the tensor in the stream (0-based)."""
+    shared: Any = None
+    """What the method's ``prepare`` hook computed over the whole model before the stream (see
+    :class:`TensorMethod`), e.g. TIES's per-contributor global trim thresholds; ``None`` when
+    the method has no hook, the hook returned ``None``, or the method is called directly."""
+
+
+class ModelDeltas(Protocol):
+    """Every mergeable tensor's task vectors, streamed again from disk (for ``prepare`` hooks).
+
+    Mergeable: the tensors the stream passes to the method (not the ones copied from the base).
+    """
+
+    contributors: int
+    """How many contributors the merge has."""
+    numel: int
+    """Entries of the mergeable tensors, all together (one contributor's task vector)."""
+
+    def deltas(self, contributor: int) -> Iterator[Tensor]:
+        """Contributor ``contributor``'s task vector, one mergeable tensor at a time."""
+        ...
+
+    def stacked(self) -> Iterator[tuple[str, list[Tensor]]]:
+        """``(name, every contributor's task vector)`` for each mergeable tensor."""
+        ...
 
 
 def derived_seed(ctx: TensorContext) -> int:
@@ -64,6 +95,10 @@ class TensorMethod(Protocol):
     ``base`` is the base tensor (float32), ``deltas`` the contributors' task vectors (float32,
     the base's shape), ``weights`` one weight per contributor, ``options`` the method's options
     (the merge's Params or the method's own options model).
+
+    A method may carry a ``prepare(model: ModelDeltas, options) -> Any`` attribute: the stream
+    calls it once before merging and passes what it returns as ``ctx.shared`` to every call (a
+    statistic over the whole model, e.g. TIES's global top-k thresholds).
     """
 
     def __call__(

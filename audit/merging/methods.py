@@ -121,7 +121,10 @@ METHODS: tuple[MergeMethod, ...] = (
         kind="tensor",
         function="audit.merging.tensor_methods:ties",
         paper=_TIES,
-        reference=_PEFT,
+        reference=(
+            "prateeky2806/ties-merging@44e7891fc84f3de7e4caa52664cd864ca3715e91: "
+            "src/utils/merge_utils.py (trim = 'tensor': " + _PEFT + ")"
+        ),
         differentiable=True,
     ),
     MergeMethod(

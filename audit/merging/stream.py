@@ -54,6 +54,7 @@ __all__ = [
     "MergeError",
     "MergePlan",
     "MergeStats",
+    "PlanDeltas",
     "iter_merged",
     "load_task_vectors",
     "merge_state_dict",
@@ -419,6 +420,52 @@ def _task_vectors(
     return base, deltas
 
 
+def _mergeable(plan: MergePlan, name: str) -> bool:
+    """Whether the stream passes ``name`` to the method (from the headers; see _task_vectors)."""
+    entry = plan.base.entries[name]
+    if not _torch_dtype(entry.dtype).is_floating_point:
+        return False
+    for contributor in plan.contributors:
+        if isinstance(contributor, LoraAdapter):
+            continue
+        other = contributor.entries[name]
+        if other.shape != entry.shape or not _torch_dtype(other.dtype).is_floating_point:
+            return False
+    return True
+
+
+class PlanDeltas:
+    """A plan's task vectors read again from disk, for a method's ``prepare`` hook.
+
+    Implements :class:`~audit.merging.base.ModelDeltas`: one tensor in memory at a time.
+    """
+
+    def __init__(self, plan: MergePlan) -> None:
+        import math
+
+        self.plan = plan
+        self.names = [n for n in plan.names if _mergeable(plan, n)]
+        self.contributors = len(plan.contributors)
+        self.numel = sum(math.prod(plan.base.entries[n].shape) for n in self.names)
+
+    def deltas(self, contributor: int) -> Iterator[Tensor]:
+        """Contributor ``contributor``'s task vector, tensor by tensor (float32)."""
+        source = self.plan.contributors[contributor]
+        for name in self.names:
+            base = self.plan.base.read(name).float()
+            if isinstance(source, LoraAdapter):
+                yield source.delta(name, base)
+            else:
+                yield source.read(name).float().sub_(base)
+
+    def stacked(self) -> Iterator[tuple[str, list[Tensor]]]:
+        """Every mergeable tensor's task vectors, tensor by tensor."""
+        for name in self.names:
+            _, deltas = _task_vectors(self.plan, name)
+            if deltas is not None:
+                yield name, deltas
+
+
 def iter_merged(
     plan: MergePlan,
     method: TensorMethod,
@@ -430,15 +477,21 @@ def iter_merged(
     progress: Progress | None = None,
     stats: MergeStats | None = None,
 ) -> Iterator[tuple[str, Tensor]]:
-    """``(name, merged tensor)`` for every output tensor, in :attr:`MergePlan.names` order."""
+    """``(name, merged tensor)`` for every output tensor, in :attr:`MergePlan.names` order.
+
+    A method with a ``prepare`` hook (TIES with global trimming) first gets a pass over the
+    whole model (:class:`PlanDeltas`); what it returns reaches each call as ``ctx.shared``.
+    """
     if len(weights) != len(plan.contributors):
         raise MergeError(f"{len(plan.contributors)} contributors but {len(weights)} weights")
     stats = stats if stats is not None else MergeStats()
     stats.tied = list(plan.tied)
     total = len(plan.names)
     elementwise = bool(getattr(method, "elementwise", False))
+    prepare = getattr(method, "prepare", None)
+    shared = prepare(PlanDeltas(plan), options) if prepare is not None else None
     for index, name in enumerate(plan.names):
-        ctx = TensorContext(name=name, seed=seed, index=index)
+        ctx = TensorContext(name=name, seed=seed, index=index, shared=shared)
         blocks = _row_blocks(plan.base.entries[name]) if elementwise else [None]
         if len(blocks) == 1:
             merged, copied = _merge_block(plan, name, None, method, weights, ctx, options, scaling)
