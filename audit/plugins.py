@@ -275,8 +275,29 @@ HOOKS = ("check_suite", "analyze", "report_sections", "figures")
 """The optional evaluator class methods of :class:`EvaluatorHooks`."""
 
 
+class InterventionHooks(Protocol):
+    """Optional class methods an intervention may define:
+
+    - ``controls(name, parents, params) -> dict[str, dict]``: the matched controls of the model
+      ``name`` (built by this intervention from ``parents`` with the raw table ``params``) that
+      a suite asks for with ``controls = true``: a suffix (``control_norm``) -> the control's
+      ``[models]`` table (its ``intervention`` and parameters). The suite adds each as the model
+      ``NAME.SUFFIX``, evaluated wherever ``NAME`` is and compared with it.
+    """
+
+    @classmethod
+    def controls(
+        cls, name: str, parents: Sequence[str], params: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]: ...
+
+
+INTERVENTION_HOOKS = ("controls",)
+"""The optional intervention class methods of :class:`InterventionHooks`."""
+
+
 def hook(cls: type, name: str) -> Callable[..., Any] | None:
-    """The evaluator class's hook ``name`` (one of :data:`HOOKS`), or ``None``."""
+    """The plug-in class's hook ``name`` (one of :data:`HOOKS` or :data:`INTERVENTION_HOOKS`),
+    or ``None``."""
     found = getattr(cls, name, None)
     return found if callable(found) else None
 

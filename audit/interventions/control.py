@@ -23,7 +23,7 @@ report shows the defence's size next to its effect. Every model is held in memor
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from audit.plugins import ModelRef, RunContext, TrainedModel
@@ -32,11 +32,37 @@ from audit.plugins import Params as BaseParams
 if TYPE_CHECKING:
     from audit.models.handle import ModelHandle
 
-__all__ = ["ControlIntervention", "update_stats"]
+__all__ = ["CONTROL_KINDS", "ControlIntervention", "control_tables", "update_stats"]
 
 _ZERO = 1e-12
 """A coordinate of an update counts as kept when its magnitude exceeds this share of the
 largest magnitude of its tensor's plain-merge update."""
+
+
+CONTROL_KINDS = {"control_norm": "norm_matched", "control_random": "random_mask"}
+"""The matched controls ``controls = true`` adds, by the suffix of their model name."""
+
+
+def control_tables(
+    of: str, base: str, contributors: Sequence[str], weights: Sequence[float] | None
+) -> dict[str, dict[str, Any]]:
+    """The ``[models]`` tables of the matched controls of the model ``of``, a defended merge of
+    ``contributors`` onto ``base`` whose plain merge weighs them by ``weights`` (``None``: 1
+    each): one table per entry of :data:`CONTROL_KINDS`. An intervention's ``controls`` hook
+    (:class:`audit.plugins.InterventionHooks`) returns these."""
+    tables: dict[str, dict[str, Any]] = {}
+    for suffix, kind in CONTROL_KINDS.items():
+        table: dict[str, Any] = {
+            "intervention": ControlIntervention.name,
+            "of": of,
+            "base": base,
+            "models": list(contributors),
+            "kind": kind,
+        }
+        if weights is not None:
+            table["weights"] = [float(w) for w in weights]
+        tables[suffix] = table
+    return tables
 
 
 class ControlIntervention:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -92,6 +92,25 @@ class MergeIntervention:
 
     def __init__(self, params: MergeIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def controls(
+        cls, name: str, parents: Sequence[str], params: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """The matched controls of the merge ``name`` (``controls = true``): task arithmetic of
+        the same contributors and weights shrunk to its norm, and masked at random to its keep
+        rate (:mod:`audit.interventions.control`). None while its parameters are invalid (the
+        suite check reports them)."""
+        from pydantic import ValidationError
+
+        from audit.interventions.control import control_tables
+
+        try:
+            p = cls.Params.model_validate(dict(params))
+        except ValidationError:
+            return {}
+        contributors = [m for m in parents if m != p.base]
+        return control_tables(name, p.base, contributors, p.weights)
 
     def contributors(
         self, inputs: Mapping[str, ModelHandle]

@@ -27,7 +27,7 @@ reference's TIES and DARE differ from peft's (see :mod:`audit.merging.safety_mas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -128,6 +128,25 @@ class SomfIntervention:
                 f"somf: weights has {len(p.weights)} values for {len(others)} input models"
             )
         return aligned, others
+
+    @classmethod
+    def controls(
+        cls, name: str, parents: Sequence[str], params: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """The matched controls of the realigned model ``name`` (``controls = true``): its input
+        models' task vectors at SOMF's weights, unmasked, shrunk to its update's norm, and masked
+        at random to its keep rate (:mod:`audit.interventions.control`). None while its
+        parameters are invalid (the suite check reports them)."""
+        from pydantic import ValidationError
+
+        from audit.interventions.control import control_tables
+
+        try:
+            p = cls.Params.model_validate(dict(params))
+        except ValidationError:
+            return {}
+        inputs = [m for m in parents if m != p.aligned]
+        return control_tables(name, p.aligned, inputs, cls(p).weights(len(inputs)))
 
     def weights(self, n: int) -> list[float]:
         """The task weights for ``n`` input models."""

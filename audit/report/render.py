@@ -73,7 +73,12 @@ def _scorecard(results: Results, evaluators: list[EvaluatorInfo]) -> Markup:
         for c in results.rows("comparisons")
         if c.get("relation") == "parent" and c.get("slice", "all") == "all"
     }
-    labels = {(m.evaluator, m.name): f"{m.evaluator} · {m.name}" for m in headline}
+    # a rate is a level (a share of items), not a change: the label says so, and the change
+    # against the parent is the cell's Δ line
+    labels = {
+        (m.evaluator, m.name): f"{m.evaluator} · {m.name}" + (" (rate)" if m.kind == "rate" else "")
+        for m in headline
+    }
     columns = ["model", "vs parent", *labels.values()]
     parents = parents_of(results)
     rows, classes = [], []
@@ -98,12 +103,18 @@ def _scorecard(results: Results, evaluators: list[EvaluatorInfo]) -> Markup:
     return html_table("scorecard", columns, rows, classes, empty="No models.")
 
 
+_KIND_TEXT = {
+    "rate": "rate: a share of items, 0–1 (its change is in the comparisons)",
+    "mean": "mean of per-item values",
+}
+
+
 def _descriptions_table(index: int, metrics: list[MetricInfo]) -> Markup:
     rows = [
         {
             "metric": m.name,
             "direction": "higher is better" if m.higher_is_better else "lower is better",
-            "kind": m.kind or DASH,
+            "kind": _KIND_TEXT.get(m.kind or "", m.kind or DASH),
             "description": m.description or DASH,
         }
         for m in metrics
@@ -152,7 +163,7 @@ def _comparisons_table(index: int, rows: list[dict[str, Any]]) -> Markup:
         "slice",
         "before",
         "after",
-        "delta [CI]",
+        "change after − before [CI]",
         "p",
         "n",
         "test",
@@ -168,13 +179,13 @@ def _comparisons_table(index: int, rows: list[dict[str, Any]]) -> Markup:
                 "slice": cell_text(c.get("slice", "all")),
                 "before": num(c.get("before")),
                 "after": num(c.get("after")),
-                "delta [CI]": delta_text(c),
+                "change after − before [CI]": delta_text(c),
                 "p": p_text(c.get("p_value")),
                 "n": cell_text(c.get("n")),
                 "test": cell_text(c.get("test")),
             }
         )
-        classes.append({"delta [CI]": delta_class(c)})
+        classes.append({"change after − before [CI]": delta_class(c)})
     return html_table(f"e{index}-comparisons", columns, table, classes, empty="No comparisons.")
 
 
@@ -225,7 +236,16 @@ def _evaluator_sections(
 
 
 def _models_table(models: list[dict[str, Any]]) -> Markup:
-    columns = ["model", "parents", "source / intervention", "params", "trained on", "status", "key"]
+    columns = [
+        "model",
+        "parents",
+        "source / intervention",
+        "params",
+        "trained on",
+        "update size",
+        "status",
+        "key",
+    ]
     rows, classes = [], []
     for m in models:
         origin = (
@@ -243,6 +263,7 @@ def _models_table(models: list[dict[str, Any]]) -> Markup:
                 "source / intervention": origin,
                 "params": cut(cell_text(params), 300) if params else DASH,
                 "trained on": _training(m.get("training")),
+                "update size": _update_size(m.get("training")),
                 "status": cell_text(m.get("status")),
                 "key": cell_text(m.get("key"))[:12],
             }
@@ -256,6 +277,13 @@ def _training(info: Any) -> str:
         return DASH
     steps = f", {info['steps']} steps" if info.get("steps") is not None else ""
     return f"{cell_text(info.get('tokens'))} tokens{steps}"
+
+
+def _update_size(info: Any) -> str:
+    """Keep rate and norm ratio against the plain merge, where the model recorded them."""
+    if not isinstance(info, Mapping) or info.get("norm_ratio") is None:
+        return DASH
+    return f"keep {num(info.get('keep_rate'))} · norm {num(info.get('norm_ratio'))}"
 
 
 def _status_class(status: Any) -> str:
@@ -358,12 +386,15 @@ def _scaling(results: Results) -> list[dict[str, Any]]:
 
 
 def _plugin_sections(results: Results) -> list[ReportSection]:
-    """Sections evaluators add (their ``report_sections`` hook), in registry order: every
-    installed evaluator kind is asked; one whose tables the run lacks adds none."""
+    """The page's controls section (:mod:`audit.report.controls`) when the run has controls,
+    then the sections evaluators add (their ``report_sections`` hook), in registry order:
+    every installed evaluator kind is asked; one whose tables the run lacks adds none."""
     from audit import registry
     from audit.plugins import hook
+    from audit.report.controls import controls_section
 
-    sections: list[ReportSection] = []
+    controls = controls_section(results)
+    sections: list[ReportSection] = [] if controls is None else [controls]
     for kind in registry.evaluators.names():
         try:
             build = hook(registry.evaluators.get(kind), "report_sections")
@@ -378,7 +409,7 @@ def _plugin_sections(results: Results) -> list[ReportSection]:
 
 
 _ANCHOR = re.compile(r"[^A-Za-z0-9_-]+")
-_PAGE_IDS = {"verdicts", "lineage", "scorecard", "scaling", "models", "provenance"}
+_PAGE_IDS = {"verdicts", "lineage", "scorecard", "scaling", "controls", "models", "provenance"}
 """The page's own anchors, which a plug-in's section may not take."""
 
 

@@ -20,6 +20,7 @@ from audit import registry
 from audit.errors import InputError
 from audit.plugins import ModelRefMarker, Params, SuiteView, hook
 from audit.registry import PluginError, did_you_mean
+from audit.suite.controls import expand_controls
 from audit.suite.pairs import gate_pairs
 from audit.suite.refs import as_list, data_refs, field_values
 from audit.suite.schema import (
@@ -555,6 +556,7 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
     if not parsed.models:
         check.add(("models",), "a suite needs at least one model")
     broken = expand_sweeps(check, suite)
+    expand_controls(check, suite)
     _check_models(check, suite, broken)
     _check_compare(check, suite)
     _check_evaluators(check, suite)

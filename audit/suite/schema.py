@@ -102,6 +102,12 @@ class ModelSpec(BaseModel):
         description="Other models to compare this one with (paired, in the report and for "
         "gates), besides its parents and the reference.",
     )
+    controls: bool = Field(
+        False,
+        description="Add the intervention's matched controls (e.g. a merge's update shrunk to "
+        "this model's norm, and masked at random to its keep rate) as models NAME.SUFFIX, "
+        "evaluated wherever this model is and compared with it.",
+    )
 
     @property
     def params(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ class Suite:
     reference: str = ""
     sweeps: dict[str, Sweep] = field(default_factory=dict)
     compare: dict[str, list[str]] = field(default_factory=dict)
+    controls: dict[str, str] = field(default_factory=dict)
+    """Each model ``controls = true`` added -> the model it is a control of."""
 
     @property
     def dir(self) -> Path:
@@ -62,7 +64,8 @@ class Suite:
         names = list(self.file.models)
         if patterns is None:
             return names
-        return match_models(patterns, names, self.sweeps)
+        chosen = set(match_models(patterns, names, self.sweeps))
+        return [n for n in names if n in chosen or self.controls.get(n) in chosen]
 
     def sweep_member(self, name: str) -> tuple[Sweep, Any] | None:
         """The sweep model ``name`` belongs to and its value of the swept parameter."""

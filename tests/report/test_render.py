@@ -374,7 +374,7 @@ def test_odd_characters_and_clashing_labels(results: dict[str, Any]) -> None:
     _assert_safe(page)
     assert "\x00" not in page and "\x07" not in page and "\x1b" not in page
     page.encode("utf-8")  # no lone surrogate left
-    assert "a · b · c (2)" in page
+    assert "a · b · c (rate) (2)" in page
     assert "out ?\ufffd[31m" in page
 
 
@@ -394,7 +394,7 @@ def test_no_external_resources(results: dict[str, Any], samples: list[dict[str, 
 def test_scorecard_deltas(results: dict[str, Any], samples: list[dict[str, Any]]) -> None:
     page = render_html(results, samples)
     scorecard = page[page.index('id="scorecard"') : page.index('id="evaluator-1"')]
-    assert "refusal · refusal_rate_unsafe" in scorecard
+    assert "refusal · refusal_rate_unsafe (rate)" in scorecard
     assert "0.950 → 0.600" in scorecard
     assert "Δ -0.350 * [-0.500, -0.200]" in scorecard
     assert "delta bad sig" in scorecard  # lower refusal of unsafe requests: worse, significant
