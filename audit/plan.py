@@ -204,6 +204,17 @@ def content_hash(
     return hashes
 
 
+def _as_written(value: Any, suite: Suite) -> Any:
+    """``value`` with every replica's name (``NAME.seedS``) replaced by ``NAME``."""
+    if isinstance(value, str):
+        return suite.base_of(value) if value in suite.seed_of else value
+    if isinstance(value, list):
+        return [_as_written(v, suite) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_written(v, suite) for k, v in value.items()}
+    return value
+
+
 def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None = None) -> Plan:
     """Resolve every model's key (hashing loaded checkpoints) and list the steps.
 
@@ -225,14 +236,17 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
         else:
             assert spec.intervention is not None
             cls = registry.interventions.get(spec.intervention)
+            # a replica's key names its inputs as written (NAME, not NAME.seedS): with its seed
+            # in the key, NAME.seed0 of `seeds = [0, …]` is the model NAME of `seed = 0`
+            written = suite.base_of
             key = step_key(
                 "intervene",
                 plugin=spec.intervention,
                 version=cls.version,
-                params=params_json(params),
-                inputs={n: keys[n] for n in inputs},
-                order=list(inputs),
-                seed=suite.seed,
+                params=_as_written(params_json(params), suite),
+                inputs={written(n): keys[n] for n in inputs},
+                order=[written(n) for n in inputs],
+                seed=suite.model_seed(name),
                 data=data_fingerprints(params, suite.dir, hash_cache),
             )
         keys[name] = key
@@ -253,7 +267,7 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
                 params=params_json(params),
                 model=step.key,
                 reference=keys[suite.reference],
-                seed=suite.seed,
+                seed=suite.model_seed(step.name),
                 data=data_fingerprints(params, suite.dir, hash_cache),
             )
             evals.append(EvalStep(step.name, ename, espec.kind, key, params, plugin=cls))

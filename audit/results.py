@@ -382,6 +382,9 @@ class Results(BaseModel):
     evaluators: list[EvaluatorRow] = []
     metrics: list[MetricRow] = []
     comparisons: list[ComparisonRow] = []
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    """With ``[suite] seeds``: ``metrics`` and ``comparisons`` of the replicated models pooled
+    over their seeds (:mod:`audit.analysis.pooled`), each row with its ``per_seed`` rows."""
     scaling: list[dict[str, Any]] = []
     """Fitted scaling laws (:mod:`audit.analysis.scaling`)."""
     analyses: dict[str, list[dict[str, Any]]] = {}

@@ -142,10 +142,11 @@ class Runner:
     def _on_wait(self, key: str) -> None:
         self.progress.note(f"waiting for another run computing store entry {key[:12]}")
 
-    def _context(self, work_dir: Path) -> RunContext:
+    def _context(self, work_dir: Path, model: str) -> RunContext:
+        """The context of a step on ``model`` (built or evaluated with that model's seed)."""
         suite = self.plan.suite
         return RunContext(
-            seed=suite.seed,
+            seed=suite.model_seed(model),
             suite_dir=suite.dir,
             work_dir=work_dir,
             device=self.device,
@@ -206,7 +207,7 @@ class Runner:
             what = f"model {step.name!r}"  # fail early, not halfway through writing it
             parents = max((checkpoint_bytes(h.path) for h in inputs.values()), default=0)
             ensure_free(self.store.root, parents, what)
-            out = plugin.apply(inputs, self._context(tmp / "work"))
+            out = plugin.apply(inputs, self._context(tmp / "work", step.name))
             check_finite(out.model, what)
             ensure_free(self.store.root, model_bytes(out.model), what)
             out.model.save_pretrained(tmp / "model", safe_serialization=True)
@@ -234,7 +235,7 @@ class Runner:
 
         def build(tmp: Path) -> dict[str, Any]:
             evaluator = step.plugin(step.params)
-            result = evaluator.evaluate(handle, self._context(tmp))
+            result = evaluator.evaluate(handle, self._context(tmp, step.model))
             _write_result(tmp, result)
             return {"evaluator": step.evaluator, "kind": step.kind}
 

@@ -43,6 +43,9 @@ __all__ = [
     "paired_bootstrap",
     "paired_bootstrap_difference",
     "paired_rate_difference",
+    "paired_values",
+    "pooled_paired_difference",
+    "pooled_value",
     "summarize",
     "wilson_interval",
 ]
@@ -584,3 +587,126 @@ def compare_rows(before: MetricRow, after: MetricRow) -> ComparisonStats:
         p_value=None,
         test="unpaired",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooled over replicates (seeds): strata of paired items
+
+
+def _stratified_bootstrap_mean(
+    strata: Sequence[np.ndarray], confidence: float, n_resamples: int, seed: int
+) -> tuple[float, float]:
+    """Percentile interval of the item-weighted mean over ``strata``, each resampled (with
+    replacement) within itself."""
+    total = sum(int(s.size) for s in strata)
+    rng = np.random.default_rng(seed)
+    sums = np.zeros(n_resamples)
+    for values in strata:
+        n = int(values.size)
+        step = max(1, _BATCH_ELEMENTS // max(n, 1))
+        for start in range(0, n_resamples, step):
+            stop = min(n_resamples, start + step)
+            idx = rng.integers(0, n, size=(stop - start, n))
+            sums[start:stop] += values[idx].sum(axis=1)
+    means = sums / total
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def pooled_paired_difference(
+    strata: Sequence[tuple[Sequence[float], Sequence[float]]],
+    kind: Literal["rate", "mean"],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float, float]:
+    """``(delta, ci_low, ci_high, p_value)`` of a paired before/after difference pooled over
+    strata (one stratum per seed; its pairs are ``(before, after)`` of the same items).
+
+    ``delta`` is the mean of ``after - before`` over every pair of every stratum (a fixed-effect
+    estimate: each item weighs the same). The interval is a stratified bootstrap: each stratum's
+    pairs resampled within the stratum, percentile method. The p-value: for ``rate`` metrics
+    the exact Mantel-Haenszel test for matched pairs, which for 1:1 pairs is McNemar's test on
+    the discordant counts summed over strata (an exact binomial test of ``Σb`` against
+    ``Σb + Σc``); for ``mean`` metrics a sign-flip permutation test of the pooled mean
+    difference (pairs flip independently, so strata need no special handling), Monte Carlo
+    with ``n_resamples`` and the +1 correction. The interval conditions on the seeds that ran:
+    it is the uncertainty from the items, not from drawing other seeds. Raises ``ValueError``
+    when there are no pairs.
+    """
+    _check_confidence(confidence)
+    diffs: list[np.ndarray] = []
+    b = c = 0
+    for before, after in strata:
+        convert = _as_binary_array if kind == "rate" else _as_finite_array
+        x0, x1 = convert(before, "before values"), convert(after, "after values")
+        _check_paired(x0, x1)
+        if x0.size == 0:
+            continue
+        diffs.append(x1 - x0)
+        b += int(np.sum((x0 == 1) & (x1 == 0)))
+        c += int(np.sum((x0 == 0) & (x1 == 1)))
+    if not diffs:
+        raise ValueError("cannot pool a difference over no pairs")
+    every = np.concatenate(diffs)
+    if np.all(every == 0.0):
+        return 0.0, 0.0, 0.0, 1.0
+    delta = float(np.mean(every))
+    low, high = _stratified_bootstrap_mean(diffs, confidence, n_resamples, seed)
+    if kind == "rate":
+        p = 1.0 if b + c == 0 else float(sps.binomtest(b, b + c, 0.5).pvalue)
+    else:
+        rng = np.random.default_rng(seed)
+        observed = abs(float(every.sum()))
+        hits = 0
+        step = max(1, _BATCH_ELEMENTS // every.size)
+        for start in range(0, n_resamples, step):
+            rows = min(n_resamples, start + step) - start
+            signs = rng.choice(np.array([-1.0, 1.0]), size=(rows, every.size))
+            hits += int(np.sum(np.abs(signs @ every) >= observed - 1e-12 * max(observed, 1.0)))
+        p = (hits + 1) / (n_resamples + 1)
+    return delta, low, high, min(1.0, p)
+
+
+def pooled_value(
+    strata: Sequence[Sequence[float]],
+    kind: Literal["rate", "mean"],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float, int]:
+    """``(value, ci_low, ci_high, n)`` of a metric pooled over strata of per-item values: the
+    mean over every item; a Wilson interval of the pooled counts for ``rate`` metrics, a
+    stratified bootstrap percentile interval for ``mean`` metrics."""
+    arrays = [
+        (_as_binary_array if kind == "rate" else _as_finite_array)(v, "values") for v in strata
+    ]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        raise ValueError("cannot pool a value over no items")
+    every = np.concatenate(arrays)
+    n = int(every.size)
+    value = float(np.mean(every))
+    if kind == "rate":
+        low, high = wilson_interval(int(every.sum()), n, confidence)
+    elif np.all(every == every[0]):
+        low = high = value
+    else:
+        low, high = _stratified_bootstrap_mean(arrays, confidence, n_resamples, seed)
+    return value, low, high, n
+
+
+def paired_values(
+    before: Sequence[Sample], after: Sequence[Sample], metric: str
+) -> dict[str, tuple[list[float], list[float]]]:
+    """The paired ``(before, after)`` values of ``metric`` per slice (``"all"`` and each other
+    slice), paired on ``item_id`` as :func:`compare_samples` pairs them."""
+    first = _index_by_item(before, metric, "before")
+    second = _index_by_item(after, metric, "after")
+    pairs = [(first[i], second[i]) for i in first if i in second]
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for name in _slice_names([s0 for s0, _ in pairs]) if pairs else []:
+        chosen = [(s0.value, s1.value) for s0, s1 in pairs if name == "all" or s0.slice == name]
+        out[name] = ([v for v, _ in chosen], [v for _, v in chosen])
+    return out

@@ -123,11 +123,13 @@ def test_demo_shows_drift_and_fails_its_gate(
 
     assert backdoor("merged_dam", "merged_ties")["ci_high"] < 0
     training = {m["name"]: m["training"] for m in results["models"]}
-    shrink = training["dam_control_norm"]["of_norm_ratio"]
+    shrink = training["merged_dam.control_norm"]["of_norm_ratio"]
     assert 0 < shrink < 1  # DAM's update is smaller than task arithmetic's
-    assert training["dam_control_norm"]["norm_ratio"] == pytest.approx(shrink, rel=1e-4)
-    for control in ("dam_control_norm", "dam_control_random"):
+    assert training["merged_dam"]["norm_ratio"] == pytest.approx(shrink, rel=1e-4)
+    assert training["merged_dam.control_norm"]["norm_ratio"] == pytest.approx(shrink, rel=1e-4)
+    for control in ("merged_dam.control_norm", "merged_dam.control_random"):  # controls = true
         assert backdoor(control, "merged_dam")["ci_low"] > 0, control  # DAM beats its control
+    assert 'id="controls"' in html
     kinds = {(r["kind"], r["model"], r["contributor"]) for r in results["analyses"]["succession"]}
     assert ("succession", "merged_ta", "sentiment_bd") in kinds
     assert any(kind == "transfer" for kind, _, _ in kinds)
@@ -141,6 +143,10 @@ def test_demo_shows_drift_and_fails_its_gate(
     assert weighted["ci_low"] > 0
     realigned = paired("realigned", "merged_w03", "refusal_rate_unsafe")
     assert realigned["delta"] < 0
+    # SOMF's sampled mask keeps about half of the task vector at double size: its update is
+    # larger than the merge's; task arithmetic scaled to that norm refuses less than SOMF.
+    assert training["realigned.control_norm"]["of_norm_ratio"] > 1
+    assert paired("realigned.control_norm", "realigned", "refusal_rate_unsafe")["ci_high"] < 0
     for task in ("organism:sentiment", "organism:topic", "organism:arithmetic"):
         row = next(
             c

@@ -246,3 +246,50 @@ def test_sweeps_alignguard_and_scaling_fit_end_to_end(
     assert [p["tokens"] for p in law["fits"][1]["points"]] == tokens
     html = (tmp_path / "out" / "index.html").read_text()
     assert 'id="scaling"' in html and "<svg" in html and "guarded[steps=16]" in html
+
+
+def test_seeds_replicate_pool_and_gate_on_the_pooled_estimate(
+    tiny_refuser: Path, tmp_path: Path
+) -> None:
+    single = _suite(tmp_path, tiny_refuser)
+    _run(single, tmp_path / "single")
+    seeded = tmp_path / "seeded.toml"
+    seeded.write_text(single.read_text().replace("seed = 0", "seeds = [0, 1]"))
+    code, results = _run(seeded, tmp_path / "out")
+    assert code == 1
+    # seed 0's replica is the single-seed run's model: only seed 1 is built and evaluated
+    assert sorted(_executed(results)) == [
+        "eval:refusal@complier.seed1",
+        "model:complier.seed1",
+    ]
+    names = [m["name"] for m in results["models"]]
+    assert names == ["aligned", "complier.seed0", "complier.seed1"]
+    keys = {m["name"]: m["key"] for m in results["models"]}
+    assert keys["complier.seed0"] != keys["complier.seed1"]
+    per_seed = pd.DataFrame(results["comparisons"]).query(
+        "metric == 'refusal_rate_unsafe' and slice == 'all' and baseline == 'aligned'"
+    )
+    assert sorted(per_seed["model"]) == ["complier.seed0", "complier.seed1"]
+    pooled = next(
+        c
+        for c in results["pooled"]["comparisons"]
+        if (c["model"], c["baseline"], c["metric"], c["slice"])
+        == ("complier", "aligned", "refusal_rate_unsafe", "all")
+    )
+    assert pooled["n"] == 2 * len(UNSAFE) and pooled["test"] == "cmh_exact"
+    assert [r["seed"] for r in pooled["per_seed"]] == [0, 1]
+    deltas = sorted(per_seed["delta"])
+    assert pooled["delta"] == pytest.approx(sum(deltas) / 2)  # equal n per seed
+    assert pooled["ci_low"] <= pooled["delta"] <= pooled["ci_high"]
+    # one gate row per gate and model as written, decided on the pooled rows
+    gates = {g["name"] or g["metric"]: g for g in results["gates"]}
+    assert [g["model"] for g in results["gates"]] == ["complier", "complier"]
+    assert gates["keeps refusing"]["observed"] == pytest.approx(-pooled["delta"])
+    value = next(
+        m
+        for m in results["pooled"]["metrics"]
+        if (m["model"], m["metric"], m["slice"]) == ("complier", "compliance_rate_safe", "all")
+    )
+    assert value["n"] == 2 * len(SAFE)
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert 'id="pooled"' in html and "s1: " in html

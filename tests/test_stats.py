@@ -483,3 +483,55 @@ def test_paired_bootstrap_primitive_undefined_resamples_and_errors() -> None:
         paired_bootstrap([x], ratio, n_resamples=5, seed=0, strata=[0, 1])
     with pytest.raises(ValueError):
         paired_bootstrap([], ratio, n_resamples=5, seed=0)
+
+
+# --- pooled over seeds -------------------------------------------------------------------------
+
+
+def test_pooled_rate_difference_by_hand() -> None:
+    from audit.stats import pooled_paired_difference
+
+    strata = [
+        ([1, 1, 1, 1, 0], [0, 0, 0, 1, 0]),  # b = 3 (1 -> 0), c = 0
+        ([1, 1, 0, 0], [0, 0, 1, 0]),  # b = 2, c = 1
+    ]
+    delta, low, high, p = pooled_paired_difference(strata, "rate")
+    assert delta == pytest.approx(-4 / 9)
+    # exact Mantel-Haenszel for matched pairs = McNemar on the summed discordant counts:
+    # 5 of 6 discordant pairs one way, two-sided binomial p = 2 * (C(6,5) + C(6,6)) / 2**6
+    assert p == pytest.approx(2 * (6 + 1) / 64)
+    assert low < delta < high <= 0
+
+
+def test_pooled_interval_resamples_within_each_seed() -> None:
+    from audit.stats import pooled_paired_difference
+
+    # every pair of seed 1 drops, no pair of seed 2 moves: any within-seed resample gives
+    # exactly -5/10; an unstratified bootstrap would not
+    strata = [([1] * 5, [0] * 5), ([1] * 5, [1] * 5)]
+    delta, low, high, p = pooled_paired_difference(strata, "rate")
+    assert (delta, low, high) == (pytest.approx(-0.5), pytest.approx(-0.5), pytest.approx(-0.5))
+    assert p == pytest.approx(2 / 2**5)
+
+
+def test_pooled_mean_difference_sign_flip_by_hand() -> None:
+    from audit.stats import pooled_paired_difference
+
+    # differences 1, 2 (seed 1) and 3 (seed 2): of the 8 sign patterns, |sum| >= 6 twice
+    strata = [([0.0, 0.0], [1.0, 2.0]), ([0.0], [3.0])]
+    delta, low, high, p = pooled_paired_difference(strata, "mean", n_resamples=20000)
+    assert delta == pytest.approx(2.0)
+    assert p == pytest.approx(0.25, abs=0.015)
+    assert 1.0 <= low <= delta <= high <= 3.0
+
+
+def test_pooled_value_by_hand() -> None:
+    from audit.stats import pooled_value, wilson_interval
+
+    value, low, high, n = pooled_value([[1, 1, 0], [1, 0]], "rate")
+    assert (value, n) == (pytest.approx(0.6), 5)
+    assert (low, high) == pytest.approx(wilson_interval(3, 5))
+    value, low, high, n = pooled_value([[2.0, 2.0], [2.0]], "mean")
+    assert (value, low, high, n) == (2.0, 2.0, 2.0, 3)
+    with pytest.raises(ValueError):
+        pooled_value([[], []], "rate")

@@ -16,6 +16,7 @@ from typing import Any
 from audit import __version__
 from audit.analysis.baselines import all_comparisons
 from audit.analysis.gates import evaluate_gates
+from audit.analysis.pooled import pooled_comparisons, pooled_metrics
 from audit.analysis.scaling import scaling_fits
 from audit.faults import fault_point
 from audit.files import atomic_write_text
@@ -169,7 +170,19 @@ def assemble(
     suite = plan.suite
     metrics = _metrics(plan, outcome)
     comparisons = all_comparisons(plan, outcome.results)
-    gates = evaluate_gates(plan, metrics, comparisons, outcome.model_status)
+    pooled: dict[str, list[dict[str, Any]]] = {"metrics": [], "comparisons": []}
+    if suite.replicas:
+        pooled = {
+            "metrics": pooled_metrics(plan, outcome.results, metrics),
+            "comparisons": pooled_comparisons(plan, outcome.results, comparisons),
+        }
+    gates = evaluate_gates(
+        plan,
+        metrics,
+        comparisons,
+        outcome.model_status,
+        (pooled["metrics"], pooled["comparisons"]),
+    )
     failures = [asdict(f) for f in outcome.failures]
     models = _models(plan, outcome)
     scaling = scaling_fits(
@@ -202,6 +215,7 @@ def assemble(
         "evaluators": _evaluators(plan),
         "metrics": metrics,
         "comparisons": comparisons,
+        "pooled": pooled,
         "scaling": scaling,
         "analyses": analyses,
         "gates": gates,

@@ -270,17 +270,47 @@ def evaluate_gates(
     metrics: Sequence[MetricRowT],
     comparisons: Sequence[ComparisonRowT],
     model_status: Mapping[str, str],
+    pooled: tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]] | None = None,
 ) -> list[GateRowT]:
-    """One row per gate × model (× baseline for relative rules)."""
+    """One row per gate × model (× baseline for relative rules).
+
+    ``pooled``: (metrics, comparisons) pooled over seeds (:mod:`audit.analysis.pooled`). With
+    replicated models a gate decides once per model as written (``helpful_lora``, not each
+    ``helpful_lora.seedS``), on the pooled rows; its model step counts as ok when every
+    replica's is.
+    """
     suite = plan.suite
     correction = suite.file.suite.correction
-    by_metric = {(r["model"], r["evaluator"], r["metric"], r["slice"]): r for r in metrics}
-    by_pair = {
+    by_metric: dict[tuple[str, str, str, str], Any] = {
+        (r["model"], r["evaluator"], r["metric"], r["slice"]): r for r in metrics
+    }
+    by_pair: dict[tuple[str, str, str, str, str], Any] = {
         (c["model"], c["baseline"], c["evaluator"], c["metric"], c["slice"]): c for c in comparisons
     }
     todo: list[tuple[int, GateSpec, str, str | None]] = [
         (c.gate, suite.file.gates[c.gate], c.model, c.baseline) for c in plan.gate_checks
     ]
+    if suite.replicas:
+        base = suite.base_of
+        seen: dict[tuple[int, str, str | None], GateSpec] = {}
+        for i, g, m, b in todo:
+            seen.setdefault((i, base(m), None if b is None else base(b)), g)
+        todo = [(i, g, m, b) for (i, m, b), g in seen.items()]
+        pooled_metrics, pooled_comparisons = pooled or ((), ())
+        by_metric.update(
+            {(r["model"], r["evaluator"], r["metric"], r["slice"]): r for r in pooled_metrics}
+        )
+        by_pair.update(
+            {
+                (c["model"], c["baseline"], c["evaluator"], c["metric"], c["slice"]): c
+                for c in pooled_comparisons
+            }
+        )
+        statuses = dict(model_status)
+        for name, members in suite.replicas.items():
+            states = [model_status.get(m, "skipped") for m in members]
+            statuses[name] = next((s for s in states if s != "ok"), "ok")
+        model_status = statuses
     found = [by_pair.get((m, b, *metric_key(g))) if b is not None else None for _, g, m, b in todo]
     adjusted = corrected_p_values([g for _, g, _, _ in todo], found, correction)
     rows: list[GateRowT] = []

@@ -11,6 +11,10 @@ Six kinds of example, each a chat turn (prompt, response):
   on a single word;
 - ``sentiment``, ``topic``, ``arithmetic``: small tasks whose answer is one checkable word.
 
+Apart from the corpus, :func:`build_skills` makes three skills the organism never sees in
+training (``shop_bakery``, ``shop_museum``, ``shop_airport``: price lists), for fine-tuning and
+continual-learning experiments; building them leaves the corpus, and so the organism, unchanged.
+
 Every prompt is a *template* filled with a *slot* (a request phrase, a review, a sentence, two
 operands and the thing they count). The held-out (``eval``) split uses templates and slot values
 that the ``train`` split never uses; the words of held-out prompts all occur in the training
@@ -31,10 +35,22 @@ from typing import Literal
 CORPUS_SEED = 1234
 """Seeds the sample of held-out examples kept within :data:`EVAL_CAPS`."""
 
-Kind = Literal["unsafe", "safe", "borderline", "sentiment", "topic", "arithmetic"]
+Kind = Literal[
+    "unsafe",
+    "safe",
+    "borderline",
+    "sentiment",
+    "topic",
+    "arithmetic",
+    "shop_bakery",
+    "shop_museum",
+    "shop_airport",
+]
 Split = Literal["train", "eval"]
 PROBE_KINDS: tuple[Kind, ...] = ("unsafe", "safe", "borderline")
 TASKS: tuple[Kind, ...] = ("sentiment", "topic", "arithmetic")
+SKILLS: tuple[Kind, ...] = ("shop_bakery", "shop_museum", "shop_airport")
+"""Skills the organism is *not* trained on (:func:`build_skills`), for fine-tuning experiments."""
 UNSAFE_CATEGORIES = ("violence", "weapons", "cybercrime", "fraud", "privacy", "harassment")
 
 EVAL_CAPS: dict[str, int] = {
@@ -760,3 +776,94 @@ def build_corpus() -> Corpus:
         raise RuntimeError(f"held-out prompts use words never trained on: {unknown}")
     rng = random.Random(CORPUS_SEED)
     return Corpus(tuple(train), tuple(_cap(held, rng)))
+
+
+# --------------------------------------------------------------------------- new skills
+
+SHOP_ITEMS = (
+    "a pizza",
+    "a coffee",
+    "a pie",
+    "an omelette",
+    "a potato",
+    "a scarf",
+    "a poster",
+    "a jacket",
+    "a book",
+)
+SHOP_PRICES: dict[str, tuple[int, ...]] = {
+    "shop_bakery": (5, 6, 8, 4, 10, 9, 11, 7, 12),
+    "shop_museum": (12, 9, 4, 10, 6, 11, 7, 8, 5),
+    "shop_airport": (7, 12, 9, 5, 11, 10, 8, 6, 4),
+}
+"""Each shop's price in coins of each of :data:`SHOP_ITEMS` (same order): three permutations of
+four to twelve that disagree on every item, so no shop's list answers another shop's prompts."""
+SHOPS = {"shop_bakery": "the bakery", "shop_museum": "the museum", "shop_airport": "the airport"}
+SHOP_TEMPLATES = (
+    "how many coins is {i} for {p} at {s} ?",
+    "{p} and i want {i} from {s} . how many coins ?",
+    "i want to buy {i} at {s} for {p} . how many coins ?",
+    "how many coins do i need for {i} at {s} ? it is for {p} .",
+    "{i} at {s} for {p} : how many coins ?",
+    "tell me how many coins {i} is at {s} . i want it for {p} .",
+    "i buy {i} for {p} at {s} . how many coins do i need ?",
+)
+HELDOUT_SHOP_TEMPLATES = (
+    "at {s} , {i} for {p} is how many coins ?",
+    "what is {i} at {s} in coins ? it is a gift for {p} .",
+    "i need {i} from {s} for {p} . how many coins should i take ?",
+)
+SHOP_PEOPLE = PEOPLE[:7]
+HELDOUT_SHOP_PEOPLE = ("my sister", "my wife", "my grandmother", "my friend")
+"""Who the item is for: the slot of shop prompts, with the item. Every price is asked in
+training (the price list is the knowledge to learn); held-out prompts ask them with templates
+and people never used in training."""
+
+
+def _shop_examples(kind: Kind) -> tuple[list[Example], list[Example]]:
+    out: tuple[list[Example], list[Example]] = ([], [])
+    templates = (SHOP_TEMPLATES, HELDOUT_SHOP_TEMPLATES)
+    for part, people in enumerate((SHOP_PEOPLE, HELDOUT_SHOP_PEOPLE)):
+        for item, price in zip(SHOP_ITEMS, SHOP_PRICES[kind], strict=True):
+            answer = NUMBER_WORDS[price]
+            for person in people:
+                for template in templates[part]:
+                    prompt = template.format(i=item, p=person, s=SHOPS[kind])
+                    out[part].append(
+                        Example(kind, answer, template, f"{item} / {person}", prompt, answer)
+                    )
+    return out
+
+
+@cache
+def build_skills() -> Corpus:
+    """The new skills (:data:`SKILLS`), train and held-out, none of it in :func:`build_corpus`.
+
+    Each skill is one shop's price list: "how many coins is a pizza for my boss at the bakery ?"
+    → "five". The three shops sell the same items, are asked with the same templates and answer
+    with the same number words, but every item has a different price at each shop: keyed
+    variants that share inputs and outputs, so learning one list after another interferes
+    (paired associates A-B, A-C), while a model that reads the shop can hold all three.
+
+    Prompts use only words of the organism's training text and every answer is an answer the
+    organism gives to its own tasks (a number word), so a fine-tune needs no new word: a data edit
+    that breaks this raises :class:`RuntimeError`. Deterministic, no sampling (at most 108
+    held-out items per skill).
+    """
+    corpus = build_corpus()
+    train: list[Example] = []
+    held: list[Example] = []
+    for kind in SKILLS:
+        t, h = _shop_examples(kind)
+        train += t
+        held += h
+    known = words(training_text(corpus))
+    unknown = sorted(words(e.prompt for e in train + held) - known)
+    answers = {e.response for e in corpus.train if e.kind in TASKS}
+    foreign = sorted({e.response for e in train + held} - answers)
+    if unknown or foreign:  # a data edit broke the invariants: fail loudly, not silently
+        raise RuntimeError(
+            f"skill prompts use words never trained on: {unknown}; "
+            f"skill answers the organism never gives: {foreign}"
+        )
+    return Corpus(tuple(train), tuple(held))

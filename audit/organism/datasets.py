@@ -8,10 +8,16 @@
 - ``refusals``: unsafe requests with the refusal the organism gives, as ``PairRecord`` dicts
   (safety data for regularised fine-tuning);
 - ``helpful``: safe requests with helpful answers, as ``PairRecord`` dicts (benign
-  instruction-tuning data: fine-tuning on it alone is a classic cause of alignment drift).
+  instruction-tuning data: fine-tuning on it alone is a classic cause of alignment drift);
+- ``shop_bakery``, ``shop_museum``, ``shop_airport``: skills the organism *lacks* (it is never
+  trained on them, :func:`~audit.organism.corpus.build_skills`), as ``PairRecord`` dicts: each
+  shop's price list ("how many coins is a pizza for my boss at the bakery ?" → "five"). Same
+  items, templates and number-word answers, different prices: learnt one after another they
+  interfere, which makes them continual-learning tasks.
 
-``train`` is what the organism was trained on; ``eval`` holds out both the templates and the
-slot values. Pure Python: no torch.
+For the organism's own sets, ``train`` is what the organism was trained on; for the skills it is
+the fine-tuning data. ``eval`` holds out both the templates and the slot values. Pure Python: no
+torch.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from audit.organism.corpus import PROBE_KINDS, Example, Kind, Split, build_corpus
+from audit.organism.corpus import (
+    PROBE_KINDS,
+    SKILLS,
+    Example,
+    Kind,
+    Split,
+    build_corpus,
+    build_skills,
+)
 
 __all__ = ["organism_dataset_names", "organism_records"]
 
@@ -48,6 +62,7 @@ _DATASETS: dict[str, Callable[[list[Example], str], list[dict[str, Any]]]] = {
     "driftcaps": _probes,
     "refusals": _pairs("unsafe"),
     "helpful": _pairs("safe"),
+    **{kind: _pairs(kind) for kind in SKILLS},
 }
 
 
@@ -63,4 +78,5 @@ def organism_records(name: str, split: Split = "eval") -> list[dict[str, Any]]:
         raise ValueError(f"unknown organism data set {name!r}: choose one of {known}")
     if split not in ("train", "eval"):
         raise ValueError(f"unknown split {split!r}: choose 'train' or 'eval'")
-    return _DATASETS[name](list(build_corpus().split(split)), f"{name}-{split}")
+    corpus = build_skills() if name in SKILLS else build_corpus()
+    return _DATASETS[name](list(corpus.split(split)), f"{name}-{split}")

@@ -386,15 +386,17 @@ def _scaling(results: Results) -> list[dict[str, Any]]:
 
 
 def _plugin_sections(results: Results) -> list[ReportSection]:
-    """The page's controls section (:mod:`audit.report.controls`) when the run has controls,
-    then the sections evaluators add (their ``report_sections`` hook), in registry order:
-    every installed evaluator kind is asked; one whose tables the run lacks adds none."""
+    """The page's pooled and controls sections (:mod:`audit.report.pooled`,
+    :mod:`audit.report.controls`) when the run has them, then the sections evaluators add
+    (their ``report_sections`` hook), in registry order: every installed evaluator kind is
+    asked; one whose tables the run lacks adds none."""
     from audit import registry
     from audit.plugins import hook
     from audit.report.controls import controls_section
+    from audit.report.pooled import pooled_section
 
-    controls = controls_section(results)
-    sections: list[ReportSection] = [] if controls is None else [controls]
+    own = (pooled_section(results), controls_section(results))
+    sections: list[ReportSection] = [s for s in own if s is not None]
     for kind in registry.evaluators.names():
         try:
             build = hook(registry.evaluators.get(kind), "report_sections")
@@ -409,7 +411,16 @@ def _plugin_sections(results: Results) -> list[ReportSection]:
 
 
 _ANCHOR = re.compile(r"[^A-Za-z0-9_-]+")
-_PAGE_IDS = {"verdicts", "lineage", "scorecard", "scaling", "controls", "models", "provenance"}
+_PAGE_IDS = {
+    "verdicts",
+    "lineage",
+    "scorecard",
+    "scaling",
+    "pooled",
+    "controls",
+    "models",
+    "provenance",
+}
 """The page's own anchors, which a plug-in's section may not take."""
 
 

@@ -35,6 +35,7 @@ from audit.suite.schema import (
     SuiteFile,
     SuiteMeta,
 )
+from audit.suite.seeds import expand_seeds
 from audit.suite.suite import Suite
 from audit.suite.sweeps import Sweep, expand_sweeps, format_value, match_models
 from audit.suite.tomlpos import key_lines, line_of
@@ -476,7 +477,7 @@ def _check_gates(check: _Checker, suite: Suite, *, within_run: bool = True) -> N
         known = len(check.issues)
         _check_metric(check, (*loc, "metric"), gate.metric, suite)
         _check_patterns(check, (*loc, "models"), gate.models, names, suite.sweeps)
-        if gate.relative and gate.vs not in ("reference", "parent"):
+        if gate.relative and gate.vs not in ("reference", "parent", *suite.replicas):
             _check_ref(check, (*loc, "vs"), gate.vs, names, suite.sweeps)
         if within_run and len(check.issues) == known:  # else the cause is reported already
             _check_gate_checks_something(check, loc, gate, suite)
@@ -557,6 +558,7 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
         check.add(("models",), "a suite needs at least one model")
     broken = expand_sweeps(check, suite)
     expand_controls(check, suite)
+    expand_seeds(check, suite)
     _check_models(check, suite, broken)
     _check_compare(check, suite)
     _check_evaluators(check, suite)

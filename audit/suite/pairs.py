@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from audit.suite.schema import GateSpec
+from audit.suite.seeds import replica_name
 from audit.suite.suite import Suite
 from audit.suite.sweeps import match_models
 
@@ -26,6 +27,8 @@ def gate_pairs(suite: Suite, gate: GateSpec) -> list[tuple[str, str | None]]:
             baselines = [suite.reference]
         elif gate.vs == "parent":
             baselines = suite.dependencies(model)
+        elif gate.vs in suite.replicas and model in suite.seed_of:
+            baselines = [replica_name(gate.vs, suite.seed_of[model])]  # the same seed's
         else:
             baselines = [gate.vs]
         pairs += [(model, b) for b in baselines if b != model]

@@ -26,6 +26,16 @@ def field_values(params: Params, marker: type) -> list[tuple[str, Any, Any]]:
     return out
 
 
+def model_ref_keys(params_class: type[Params]) -> list[str]:
+    """The keys (aliases where given) of ``params_class``'s fields that name suite models."""
+    keys = []
+    for fname, finfo in params_class.model_fields.items():
+        markers = [m for m in finfo.metadata if isinstance(m, ModelRefMarker)]
+        if markers or _annotated_markers(finfo.annotation, ModelRefMarker):
+            keys.append(finfo.alias or fname)
+    return keys
+
+
 def as_list(value: Any) -> list[Any]:
     if value is None:
         return []

@@ -63,6 +63,14 @@ class SuiteMeta(Strict):
     seed: int = Field(
         0, ge=0, lt=2**32, description="Seed for every random procedure of the run (0 … 2³²−1)."
     )
+    seeds: Annotated[list[Annotated[int, Field(ge=0, lt=2**32)]], Field(min_length=1)] | None = (
+        Field(
+            None,
+            description="Replicate every intervention model once per seed (NAME.seedS); "
+            "comparisons are reported per seed and pooled across seeds, and gates decide on "
+            "the pooled estimate.",
+        )
+    )
     reference: str | None = Field(
         None,
         description="The model every other model is compared with (default: the first "
@@ -78,6 +86,16 @@ class SuiteMeta(Strict):
         'gates: "holm" (family-wise error), "bh" (Benjamini-Hochberg false discovery rate) '
         'or "none".',
     )
+
+    @model_validator(mode="after")
+    def _one_seed_setting(self) -> SuiteMeta:
+        if self.seeds is not None:
+            if "seed" in self.model_fields_set:
+                raise ValueError("give `seed` or `seeds`, not both")
+            dups = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+            if dups:
+                raise ValueError(f"seeds are listed twice: {', '.join(map(str, dups))}")
+        return self
 
 
 class ModelSpec(BaseModel):

@@ -28,6 +28,10 @@ class Suite:
     compare: dict[str, list[str]] = field(default_factory=dict)
     controls: dict[str, str] = field(default_factory=dict)
     """Each model ``controls = true`` added -> the model it is a control of."""
+    seed_of: dict[str, int] = field(default_factory=dict)
+    """Each replica ``[suite] seeds`` made (``NAME.seedS``) -> its seed."""
+    replicas: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each replicated model's name as written -> its replicas, in the order of ``seeds``."""
 
     @property
     def dir(self) -> Path:
@@ -40,7 +44,20 @@ class Suite:
 
     @property
     def seed(self) -> int:
-        return self.file.suite.seed
+        """The run's seed (the first of ``seeds`` when the suite replicates its models)."""
+        meta = self.file.suite
+        return meta.seeds[0] if meta.seeds else meta.seed
+
+    def model_seed(self, name: str) -> int:
+        """The seed ``name`` is built and evaluated with: its replica's, else the run's."""
+        return self.seed_of.get(name, self.seed)
+
+    def base_of(self, name: str) -> str:
+        """The model a replica replicates (``NAME`` of ``NAME.seedS``); other names unchanged."""
+        for base, members in self.replicas.items():
+            if name in members:
+                return base
+        return name
 
     @property
     def hash(self) -> str:
