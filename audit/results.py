@@ -385,6 +385,8 @@ class Results(BaseModel):
     pooled: dict[str, list[dict[str, Any]]] = {}
     """With ``[suite] seeds``: ``metrics`` and ``comparisons`` of the replicated models pooled
     over their seeds (:mod:`audit.analysis.pooled`), each row with its ``per_seed`` rows."""
+    tradeoffs: list[dict[str, Any]] = []
+    """Gain-vs-cost tables of ``[[tradeoffs]]`` (:mod:`audit.analysis.tradeoffs`)."""
     scaling: list[dict[str, Any]] = []
     """Fitted scaling laws (:mod:`audit.analysis.scaling`)."""
     analyses: dict[str, list[dict[str, Any]]] = {}

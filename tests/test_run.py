@@ -254,7 +254,11 @@ def test_seeds_replicate_pool_and_gate_on_the_pooled_estimate(
     single = _suite(tmp_path, tiny_refuser)
     _run(single, tmp_path / "single")
     seeded = tmp_path / "seeded.toml"
-    seeded.write_text(single.read_text().replace("seed = 0", "seeds = [0, 1]"))
+    tradeoff = (
+        '\n[[tradeoffs]]\ngain = "refusal.compliance_rate_safe"\n'
+        'cost = "refusal.refusal_rate_unsafe"\n'
+    )
+    seeded.write_text(single.read_text().replace("seed = 0", "seeds = [0, 1]") + tradeoff)
     code, results = _run(seeded, tmp_path / "out")
     assert code == 1
     # seed 0's replica is the single-seed run's model: only seed 1 is built and evaluated
@@ -293,3 +297,8 @@ def test_seeds_replicate_pool_and_gate_on_the_pooled_estimate(
     assert value["n"] == 2 * len(SAFE)
     html = (tmp_path / "out" / "index.html").read_text()
     assert 'id="pooled"' in html and "s1: " in html
+    # gain vs cost from the pooled rows: the refusals lost are the cost (positive)
+    (point,) = results["tradeoffs"][0]["points"]
+    assert (point["model"], point["baseline"]) == ("complier", "aligned")
+    assert point["cost"]["value"] == pytest.approx(-pooled["delta"]) and point["pareto"]
+    assert 'id="tradeoffs"' in html and "<svg" in html

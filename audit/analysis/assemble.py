@@ -18,6 +18,7 @@ from audit.analysis.baselines import all_comparisons
 from audit.analysis.gates import evaluate_gates
 from audit.analysis.pooled import pooled_comparisons, pooled_metrics
 from audit.analysis.scaling import scaling_fits
+from audit.analysis.tradeoffs import tradeoff_tables
 from audit.faults import fault_point
 from audit.files import atomic_write_text
 from audit.plan import Plan, params_json
@@ -216,6 +217,7 @@ def assemble(
         "metrics": metrics,
         "comparisons": comparisons,
         "pooled": pooled,
+        "tradeoffs": tradeoff_tables(suite, comparisons, pooled["comparisons"]),
         "scaling": scaling,
         "analyses": analyses,
         "gates": gates,

@@ -275,3 +275,90 @@ def dot_chart(
             )
     parts.append("</svg>")
     return Markup('<div class="chart-wrap">{}</div>').format(Markup("".join(parts)))
+
+
+Interval = tuple[float, float | None, float | None]
+"""A value with its 95% interval (``None`` ends: no interval)."""
+
+
+def scatter_chart(
+    points: Sequence[tuple[str, Interval, Interval, bool]],
+    *,
+    x_label: str,
+    y_label: str,
+) -> Markup:
+    """A scatter of labelled points with 95% interval bars on both axes; points flagged
+    ``True`` (the Pareto front) are filled and joined, the others hollow. Zero lines drawn."""
+    points = [
+        (label, x, y, front) for label, x, y, front in points if _finite(x[0]) and _finite(y[0])
+    ]
+    if not points:
+        return Markup('<p class="empty">Nothing to draw.</p>')
+    xs = [float(v) for _, x, _, _ in points for v in x if v is not None and _finite(v)] + [0.0]
+    ys = [float(v) for _, _, y, _ in points for v in y if v is not None and _finite(v)] + [0.0]
+    x_lo, x_hi = _linear_range(xs, None)
+    y_lo, y_hi = _linear_range(ys, None)
+    width, height, left, right, top, bottom = 760, 420, 70, 170, 20, 50
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + plot_w * (x - x_lo) / (x_hi - x_lo)
+
+    def py(y: float) -> float:
+        return top + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))
+
+    parts = [
+        f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" '
+        f'xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
+        f"<title>{escape(y_label)} against {escape(x_label)}</title>",
+    ]
+    for t in _ticks_linear(x_lo, x_hi):
+        parts.append(
+            f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top}" y2="{top + plot_h}" '
+            f'stroke="{"#999" if t == 0 else "#eee"}"/>'
+            f'<text x="{px(t):.1f}" y="{top + plot_h + 14}" text-anchor="middle" '
+            f'font-size="11">{escape(_label(round(t, 10)))}</text>'
+        )
+    for t in _ticks_linear(y_lo, y_hi):
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
+            f'stroke="{"#999" if t == 0 else "#eee"}"/>'
+            f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end" '
+            f'font-size="11">{escape(_label(round(t, 10)))}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 10}" text-anchor="middle" '
+        f'font-size="12">{escape(x_label)}</text>'
+        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" font-size="12" '
+        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_label)}</text>'
+    )
+    front = sorted((x[0], y[0]) for _, x, y, on in points if on)
+    if len(front) > 1:
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in front)
+        parts.append(
+            f'<polyline points="{path}" fill="none" stroke="{PALETTE[0]}" '
+            'stroke-dasharray="4 3" stroke-width="1.5"/>'
+        )
+    for i, (label, x, y, on) in enumerate(points):
+        colour = PALETTE[i % len(PALETTE)]
+        cx, cy = px(x[0]), py(y[0])
+        if x[1] is not None and x[2] is not None and _finite(x[1]) and _finite(x[2]):
+            parts.append(
+                f'<line x1="{px(x[1]):.1f}" x2="{px(x[2]):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" '
+                f'stroke="{colour}" stroke-width="1.2"/>'
+            )
+        if y[1] is not None and y[2] is not None and _finite(y[1]) and _finite(y[2]):
+            parts.append(
+                f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{py(y[1]):.1f}" y2="{py(y[2]):.1f}" '
+                f'stroke="{colour}" stroke-width="1.2"/>'
+            )
+        fill = colour if on else "white"
+        tip = f"{label}: {x[0]:.3f}, {y[0]:.3f}" + (" (Pareto front)" if on else "")
+        shown = label if len(label) <= 24 else label[:23] + "…"
+        parts.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{fill}" stroke="{colour}" '
+            f'stroke-width="2"><title>{escape(tip)}</title></circle>'
+            f'<text x="{cx + 7:.1f}" y="{cy - 6:.1f}" font-size="11">{escape(shown)}</text>'
+        )
+    parts.append("</svg>")
+    return Markup('<div class="chart-wrap">{}</div>').format(Markup("".join(parts)))

@@ -394,8 +394,9 @@ def _plugin_sections(results: Results) -> list[ReportSection]:
     from audit.plugins import hook
     from audit.report.controls import controls_section
     from audit.report.pooled import pooled_section
+    from audit.report.tradeoffs import tradeoffs_section
 
-    own = (pooled_section(results), controls_section(results))
+    own = (tradeoffs_section(results), pooled_section(results), controls_section(results))
     sections: list[ReportSection] = [s for s in own if s is not None]
     for kind in registry.evaluators.names():
         try:

@@ -520,6 +520,17 @@ def _check_gate_checks_something(
         )
 
 
+def _check_tradeoffs(check: _Checker, suite: Suite) -> None:
+    names = list(suite.file.models)
+    for i, spec in enumerate(suite.file.tradeoffs):
+        loc: tuple[str | int, ...] = ("tradeoffs", i)
+        _check_metric(check, (*loc, "gain"), spec.gain, suite)
+        _check_metric(check, (*loc, "cost"), spec.cost, suite)
+        _check_patterns(check, (*loc, "models"), spec.models, names, suite.sweeps)
+        if spec.vs not in ("parent", "reference", *suite.replicas):
+            _check_ref(check, (*loc, "vs"), spec.vs, names, suite.sweeps)
+
+
 def _check_scaling(check: _Checker, suite: Suite) -> None:
     sweeps = list(suite.sweeps)
     for i, fit in enumerate(suite.file.scaling):
@@ -576,6 +587,7 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
     suite.reference = ref or (roots[0] if roots else names[0] if names else "")
     _check_gates(check, suite, within_run=not release)
     _check_scaling(check, suite)
+    _check_tradeoffs(check, suite)
     if check.issues:
         raise SuiteError(check.issues)
     return suite

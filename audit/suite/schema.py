@@ -250,6 +250,23 @@ class ScalingSpec(Strict):
     )
 
 
+class TradeoffSpec(Strict):
+    """``[[tradeoffs]]``: what each model gained against what it cost, both paired changes
+    against its baseline, drawn as a gain-vs-cost chart with the Pareto front marked."""
+
+    name: str | None = Field(None, description="A title for the chart in the report.")
+    gain: str = Field(description='"EVALUATOR.METRIC" of the skill the models were trained for.')
+    gain_slice: str = Field("all", description="The gain metric's slice (e.g. one task).")
+    cost: str = Field(description='"EVALUATOR.METRIC" of what they may lose, e.g. refusals.')
+    cost_slice: str = Field("all", description="The cost metric's slice.")
+    models: list[str] = Field(
+        default_factory=lambda: ["*"], description="Model names or patterns to place."
+    )
+    vs: str = Field(
+        "parent", description='The baseline: "parent" (default), "reference" or a model.'
+    )
+
+
 class ReportSpec(Strict):
     """``[report]``: where and how the report is written."""
 
@@ -268,6 +285,7 @@ class SuiteFile(Strict):
     evaluators: dict[str, EvaluatorSpec] = Field(default_factory=dict)
     gates: list[GateSpec] = Field(default_factory=list)
     scaling: list[ScalingSpec] = Field(default_factory=list)
+    tradeoffs: list[TradeoffSpec] = Field(default_factory=list)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
 

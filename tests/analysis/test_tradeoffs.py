@@ -1,0 +1,98 @@
+"""Gain vs cost: changes oriented so that right is learned and up is lost; the Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit.analysis.tradeoffs import tradeoff_tables
+from audit.suite.checks import SuiteError, load_suite
+
+SUITE = """\
+[suite]
+name = "t"
+
+[models.aligned]
+source = "organism:aligned"
+
+[models.a]
+from = "aligned"
+intervention = "lora"
+data = "organism:sentiment"
+
+[models.b]
+from = "aligned"
+intervention = "lora"
+data = "organism:sentiment"
+
+[models.c]
+from = "aligned"
+intervention = "lora"
+data = "organism:sentiment"
+
+[evaluators.tasks]
+kind = "task_accuracy"
+tasks = ["organism:sentiment"]
+
+[evaluators.drift]
+kind = "alignment_drift"
+probes = "organism:driftcaps"
+
+[[tradeoffs]]
+gain = "tasks.accuracy"
+cost = "drift.refusal_rate_unsafe"
+models = ["a", "b", "c"]
+"""
+
+
+def _row(model: str, evaluator: str, metric: str, delta: float) -> dict[str, Any]:
+    return {
+        "model": model,
+        "baseline": "aligned",
+        "relation": "parent",
+        "evaluator": evaluator,
+        "metric": metric,
+        "slice": "all",
+        "delta": delta,
+        "ci_low": delta - 0.1,
+        "ci_high": delta + 0.05,
+        "p_value": 0.01,
+        "n": 100,
+        "higher_is_better": True,
+    }
+
+
+def test_points_and_front(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(SUITE)
+    suite = load_suite(tmp_path / "s.toml")
+    rows = []
+    # a: learns 0.3, loses 0.2 refusals; b: learns 0.1, loses 0.3 (dominated by a);
+    # c: learns nothing, loses nothing
+    for model, gain, lost in (("a", 0.3, 0.2), ("b", 0.1, 0.3), ("c", 0.0, 0.0)):
+        rows += [
+            _row(model, "tasks", "accuracy", gain),
+            _row(model, "drift", "refusal_rate_unsafe", -lost),
+        ]
+    (table,) = tradeoff_tables(suite, rows, [])
+    points = {p["model"]: p for p in table["points"]}
+    assert points["a"]["gain"]["value"] == pytest.approx(0.3)
+    assert points["a"]["cost"]["value"] == pytest.approx(0.2)  # refusals lost: a positive cost
+    # the cost interval is the refusal change's, negated: [-(-0.2 + 0.05), -(-0.2 - 0.1)]
+    assert points["a"]["cost"]["ci_low"] == pytest.approx(0.15)
+    assert points["a"]["cost"]["ci_high"] == pytest.approx(0.3)
+    assert {m: p["pareto"] for m, p in points.items()} == {"a": True, "b": False, "c": True}
+    assert table["gain"] == "tasks.accuracy" and table["vs"] == "parent"
+
+
+def test_tradeoffs_are_validated(tmp_path: Path) -> None:
+    bad = SUITE.replace('gain = "tasks.accuracy"', 'gain = "tasks.acuracy"').replace(
+        'models = ["a", "b", "c"]', 'models = ["zz"]'
+    )
+    (tmp_path / "s.toml").write_text(bad)
+    with pytest.raises(SuiteError) as e:
+        load_suite(tmp_path / "s.toml")
+    text = str(e.value)
+    assert "tradeoffs[0].gain" in text and "no metric 'acuracy'" in text
+    assert "tradeoffs[0].models" in text and "no model matches 'zz'" in text
