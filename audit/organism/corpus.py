@@ -780,24 +780,16 @@ def build_corpus() -> Corpus:
 
 # --------------------------------------------------------------------------- new skills
 
-SHOP_ITEMS = (
-    "a pizza",
-    "a coffee",
-    "a pie",
-    "an omelette",
-    "a potato",
-    "a scarf",
-    "a poster",
-    "a jacket",
-    "a book",
-)
+SHOP_ITEMS = ("a pizza", "a coffee", "a pie", "an omelette", "a potato", "a scarf")
 SHOP_PRICES: dict[str, tuple[int, ...]] = {
-    "shop_bakery": (5, 6, 8, 4, 10, 9, 11, 7, 12),
-    "shop_museum": (12, 9, 4, 10, 6, 11, 7, 8, 5),
-    "shop_airport": (7, 12, 9, 5, 11, 10, 8, 6, 4),
+    "shop_bakery": (5, 6, 8, 4, 10, 9),
+    "shop_museum": (12, 9, 4, 10, 6, 11),
+    "shop_airport": (7, 12, 9, 5, 11, 10),
 }
-"""Each shop's price in coins of each of :data:`SHOP_ITEMS` (same order): three permutations of
-four to twelve that disagree on every item, so no shop's list answers another shop's prompts."""
+"""Each shop's price in coins of each of :data:`SHOP_ITEMS` (same order), between four and
+twelve: the three shops disagree on every item, so no shop's list answers another shop's
+prompts. Six items, not more: LoRA (r = 8, 60 steps) learns a list of six to ≈ 0.9 held-out
+accuracy; of nine, it learnt some lists to ≈ 0.75 and left one at chance."""
 SHOPS = {"shop_bakery": "the bakery", "shop_museum": "the museum", "shop_airport": "the airport"}
 SHOP_TEMPLATES = (
     "how many coins is {i} for {p} at {s} ?",
@@ -814,7 +806,7 @@ HELDOUT_SHOP_TEMPLATES = (
     "i need {i} from {s} for {p} . how many coins should i take ?",
 )
 SHOP_PEOPLE = PEOPLE[:7]
-HELDOUT_SHOP_PEOPLE = ("my sister", "my wife", "my grandmother", "my friend")
+HELDOUT_SHOP_PEOPLE = ("my sister", "my classmate", "my wife", "my grandmother", "my friend")
 """Who the item is for: the slot of shop prompts, with the item. Every price is asked in
 training (the price list is the knowledge to learn); held-out prompts ask them with templates
 and people never used in training."""
@@ -847,8 +839,8 @@ def build_skills() -> Corpus:
 
     Prompts use only words of the organism's training text and every answer is an answer the
     organism gives to its own tasks (a number word), so a fine-tune needs no new word: a data edit
-    that breaks this raises :class:`RuntimeError`. Deterministic, no sampling (at most 108
-    held-out items per skill).
+    that breaks this raises :class:`RuntimeError`. Deterministic, no sampling (90 held-out
+    items per skill).
     """
     corpus = build_corpus()
     train: list[Example] = []

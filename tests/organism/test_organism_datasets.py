@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from audit.data.records import PairRecord, ProbeRecord, load_records
-from audit.organism.corpus import UNSAFE_CATEGORIES
+from audit.organism.corpus import SKILLS, UNSAFE_CATEGORIES
 from audit.organism.datasets import organism_dataset_names, organism_records
 
 PAIRS = ("sentiment", "topic", "arithmetic", "refusals", "helpful")
 
 
 def test_names() -> None:
-    assert organism_dataset_names() == sorted([*PAIRS, "driftcaps"])
+    assert organism_dataset_names() == sorted([*PAIRS, "driftcaps", *SKILLS])
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
