@@ -211,6 +211,9 @@ class SuiteView:
     """What an evaluator's suite check sees of the suite: every model's parents, in suite order."""
 
     parents: Mapping[str, Sequence[str]]
+    replicas: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """With ``[suite] seeds``: each replicated model's name as written -> its replicas
+    (``NAME.seedS``, in seed order), for parameters that name models as written."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,8 @@ class RunData:
     samples: Sequence[Mapping[str, Any]]
     seed: int
     reference: str | None = None
+    replicas: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """As :attr:`SuiteView.replicas`."""
 
 
 @dataclass(frozen=True)

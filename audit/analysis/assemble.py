@@ -151,7 +151,15 @@ def _analyses(
         analyze = hook(plan.evaluator_classes[kind], "analyze")
         if analyze is None:
             continue
-        run = RunData(evaluators, models, metrics, samples, suite.seed, suite.reference)
+        run = RunData(
+            evaluators,
+            models,
+            metrics,
+            samples,
+            suite.seed,
+            suite.reference,
+            replicas={n: list(r) for n, r in suite.replicas.items()},
+        )
         try:
             found = analyze(run)
         except Exception as e:

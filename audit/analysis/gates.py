@@ -327,6 +327,14 @@ def evaluate_gates(
                 metric = by_metric.get((model, *metric_key(gate)))
                 rows.append(absolute_gate_on_row(gate, name, model, metric, why))
                 continue
+            if gate.of_gain:
+                scaled = gain_share_gate(gate, name, model, baseline, by_pair, list(by_pair))
+                if isinstance(scaled, dict):
+                    rows.append(scaled)
+                    continue
+                gate, versus = scaled
+            else:
+                versus = None
             rows.append(
                 relative_gate(
                     gate,
@@ -335,11 +343,52 @@ def evaluate_gates(
                     baseline,
                     found[k],
                     why,
+                    versus=versus,
                     p_adjusted=adjusted[k],
                     correction=correction,
                 )
             )
     return rows
+
+
+def gain_share_gate(
+    gate: GateSpec,
+    name: str,
+    model: str,
+    baseline: str,
+    by_pair: Mapping[tuple[str, str, str, str, str], Any],
+    pairs: Sequence[tuple[str, str, str, str, str]],
+) -> tuple[GateSpec, str] | GateRowT:
+    """An ``of_gain`` gate with its threshold in metric units: the share times the baseline's
+    own change against its parent (in the metric's better direction); or the failing row when
+    the baseline has no parent comparison or gained nothing."""
+    ename, metric, slice_ = metric_key(gate)
+    gained = next(
+        (
+            by_pair[key]
+            for key in pairs
+            if key[0] == baseline
+            and key[2:] == (ename, metric, slice_)
+            and by_pair[key].get("relation") == "parent"
+        ),
+        None,
+    )
+    rule, share = gate.rule
+    out = _row(gate, name, model, baseline, f"{rule} ≤ {share:g} × the gain of {baseline}")
+    if gained is None:
+        out["detail"] = f"no comparison of {baseline} with its parent: its gain is unknown"
+        return out
+    sign = 1.0 if gained.get("higher_is_better", True) else -1.0
+    gain = sign * float(gained["delta"])
+    if not math.isfinite(gain) or gain <= 0:
+        out["detail"] = (
+            f"{baseline} gained nothing on {gate.metric} [{slice_}] over {gained['baseline']} "
+            f"(change {_fmt(gained['delta'])}): no gain to keep a share of; the gate fails closed"
+        )
+        return out
+    threshold = share * gain
+    versus = f"{baseline} ({share:g} × its gain {_fmt(gain)} = {_fmt(threshold)})"
+    return gate.model_copy(update={rule: threshold}), versus
 
 
 def metric_key(gate: GateSpec) -> tuple[str, str, str]:

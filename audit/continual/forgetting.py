@@ -110,6 +110,20 @@ def lineage_param_problems(
     return problems
 
 
+def expand_lineages(
+    chains: Sequence[Sequence[str]], replicas: Mapping[str, Sequence[str]]
+) -> list[list[str]]:
+    """The chains with models named as written replaced by their replicas: a chain whose every
+    model is replicated (``[suite] seeds``) becomes one chain per seed; others are kept."""
+    out: list[list[str]] = []
+    for chain in chains:
+        if chain and all(m in replicas for m in chain):
+            out += [list(c) for c in zip(*(replicas[m] for m in chain), strict=True)]
+        else:
+            out.append(list(chain))
+    return out
+
+
 def lineage_model_problems(
     lineage: Sequence[str], parents: Mapping[str, Sequence[str]]
 ) -> list[str]:

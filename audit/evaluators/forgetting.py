@@ -121,23 +121,28 @@ class ForgettingEvaluator:
     ) -> list[SuiteProblem]:
         """Each chain of ``lineages`` names models of the suite, each the only parent of the
         next (:func:`audit.continual.forgetting.lineage_model_problems`)."""
-        from audit.continual.forgetting import lineage_model_problems
+        from audit.continual.forgetting import expand_lineages, lineage_model_problems
 
         return [
             (("lineages", i), problem)
             for i, chain in enumerate(params.lineages)
-            for problem in lineage_model_problems(list(chain), suite.parents)
+            for replica in expand_lineages([chain], suite.replicas)
+            for problem in lineage_model_problems(replica, suite.parents)
         ]
 
     @classmethod
     def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]:
-        """BWT and forgetting of every declared lineage
-        (:func:`audit.continual.forgetting.forgetting_rows`): results.json
+        """BWT and forgetting of every declared lineage, once per seed for a lineage of
+        replicated models (:func:`audit.continual.forgetting.forgetting_rows`): results.json
         ``analyses["forgetting"]``."""
-        from audit.continual.forgetting import forgetting_rows
+        from audit.continual.forgetting import expand_lineages, forgetting_rows
 
+        # with [suite] seeds a chain named as written is measured once per seed
         lineages = {
-            name: (getattr(p, "lineages", []), getattr(p, "lineage_tasks", []))
+            name: (
+                expand_lineages(getattr(p, "lineages", []), run.replicas),
+                getattr(p, "lineage_tasks", []),
+            )
             for name, p in run.evaluators.items()
         }
         rows = forgetting_rows(run.models, run.samples, lineages, seed=run.seed)  # type: ignore[arg-type]

@@ -446,7 +446,10 @@ def _check_by_plugin(
     check_suite = hook(cls, "check_suite")
     if check_suite is None:
         return
-    view = SuiteView({n: list(spec.parents) for n, spec in suite.file.models.items()})
+    view = SuiteView(
+        {n: list(spec.parents) for n, spec in suite.file.models.items()},
+        replicas={n: list(r) for n, r in suite.replicas.items()},
+    )
     for where, problem in check_suite(params, view):
         check.add((*loc, *where), problem)
 

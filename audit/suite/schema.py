@@ -187,6 +187,11 @@ class GateSpec(Strict):
         '(fire only when the paired test also rejects at alpha) or "non_inferiority" (pass only '
         "when the worst end of the 95% interval is within the threshold).",
     )
+    of_gain: bool = Field(
+        False,
+        description="max_drop/max_rise is a share of the baseline's own change against its "
+        "parent (max_drop = 0.1: keep at least 90% of what the baseline gained).",
+    )
     significant: bool = Field(False, description='Same as mode = "significant".')
     alpha: float = Field(0.05, gt=0, lt=1, description='Test level of mode = "significant".')
 
@@ -207,6 +212,13 @@ class GateSpec(Strict):
                 f'mode = "significant" needs max_drop or max_rise (a change to test); '
                 f'{set_rules[0]} compares one value: use mode = "non_inferiority" to require '
                 "its whole interval within the threshold"
+            )
+        if self.of_gain and not self.relative:
+            raise ValueError("of_gain = true needs max_drop or max_rise (a change to share)")
+        if self.of_gain and self.vs in ("reference", "parent"):
+            raise ValueError(
+                'of_gain = true compares with another fine-tune: vs = "NAME", whose gain over '
+                "its parent sets the threshold"
             )
         if self.decision == "non_inferiority" and self.alpha != 0.05:
             raise ValueError(

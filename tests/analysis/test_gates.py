@@ -220,3 +220,41 @@ def test_mode_validation() -> None:
         _gate(max_drop=0.1, mode="non_inferiority", alpha=0.1)
     assert _gate(max_drop=0.1, significant=True).decision == "significant"
     assert _gate(max_drop=0.1).decision == "estimate"
+
+
+def test_of_gain_sets_the_threshold_from_the_baselines_gain() -> None:
+    from audit.analysis.gates import gain_share_gate, relative_gate
+
+    gate = GateSpec(metric="tasks.accuracy", vs="lora", max_drop=0.1, of_gain=True)
+    lora_gain = {"relation": "parent", "baseline": "aligned", "delta": 0.6}
+    by_pair: dict[Any, Any] = {("lora", "aligned", "tasks", "accuracy", "all"): lora_gain}
+    scaled = gain_share_gate(gate, "keeps 90%", "agl", "lora", by_pair, list(by_pair))
+    assert not isinstance(scaled, dict)
+    scaled_gate, versus = scaled
+    assert scaled_gate.max_drop == pytest.approx(0.06) and "0.1 × its gain 0.6" in versus
+
+    def row(after: float) -> ComparisonRowT:
+        return ComparisonRowT(
+            model="agl", baseline="lora", relation="compare", evaluator="tasks",
+            metric="accuracy", slice="all", before=0.8, after=after, delta=after - 0.8,
+            ci_low=None, ci_high=None, n=90, p_value=None, test="mcnemar_exact",
+            higher_is_better=True,
+        )  # fmt: skip
+
+    kept = relative_gate(scaled_gate, "keeps 90%", "agl", "lora", row(0.75), "", versus=versus)
+    lost = relative_gate(scaled_gate, "keeps 90%", "agl", "lora", row(0.73), "", versus=versus)
+    assert kept["passed"] and not lost["passed"]
+    assert kept["threshold"] == pytest.approx(0.06)
+
+    # a baseline that gained nothing: the gate fails closed and says why
+    by_pair[("lora", "aligned", "tasks", "accuracy", "all")] = {**lora_gain, "delta": -0.01}
+    failed = gain_share_gate(gate, "keeps 90%", "agl", "lora", by_pair, list(by_pair))
+    assert isinstance(failed, dict) and failed["passed"] is False
+    assert "gained nothing" in failed["detail"]
+
+
+def test_of_gain_validation() -> None:
+    with pytest.raises(ValueError, match="of_gain = true needs max_drop"):
+        GateSpec(metric="a.b", min=0.5, of_gain=True)
+    with pytest.raises(ValueError, match='vs = "NAME"'):
+        GateSpec(metric="a.b", max_drop=0.1, of_gain=True)

@@ -151,3 +151,23 @@ def test_one_seed_replica_shares_the_single_seed_key(tmp_path: Path) -> None:
     seeded_keys = {s.name: s.key for s in build_plan(seeded, tmp_path / "h").models}
     assert seeded_keys["agl.seed0"] == keys["agl"]
     assert seeded_keys["merged.seed0"] == keys["merged"]
+
+
+def test_lineages_named_as_written_run_once_per_seed(tmp_path: Path) -> None:
+    from audit.continual.forgetting import expand_lineages
+
+    text = SUITE + (
+        '\n[models.l2]\nfrom = "lora"\nintervention = "lora"\ndata = "organism:topic"\n'
+        '\n[evaluators.forgetting]\nkind = "forgetting"\n'
+        'tasks = ["organism:sentiment", "organism:topic"]\nlineages = [["lora", "l2"]]\n'
+        'lineage_tasks = ["organism:sentiment", "organism:topic"]\n'
+    )
+    suite = load(tmp_path, text)  # the chain is checked per seed: valid
+    assert expand_lineages([["lora", "l2"]], suite.replicas) == [
+        ["lora.seed0", "l2.seed0"],
+        ["lora.seed3", "l2.seed3"],
+    ]
+    assert expand_lineages([["aligned", "x"]], suite.replicas) == [["aligned", "x"]]
+    broken = text.replace('[models.l2]\nfrom = "lora"', '[models.l2]\nfrom = "agl"')
+    found = issues(tmp_path, broken)
+    assert any("'l2.seed3' must have exactly one parent, 'lora.seed3'" in f for f in found)
