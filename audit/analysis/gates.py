@@ -328,7 +328,7 @@ def evaluate_gates(
                 rows.append(absolute_gate_on_row(gate, name, model, metric, why))
                 continue
             if gate.of_gain:
-                scaled = gain_share_gate(gate, name, model, baseline, by_pair, list(by_pair))
+                scaled = gain_share_gate(gate, name, model, baseline, by_pair, suite.reference)
                 if isinstance(scaled, dict):
                     rows.append(scaled)
                     continue
@@ -357,32 +357,23 @@ def gain_share_gate(
     model: str,
     baseline: str,
     by_pair: Mapping[tuple[str, str, str, str, str], Any],
-    pairs: Sequence[tuple[str, str, str, str, str]],
+    reference: str,
 ) -> tuple[GateSpec, str] | GateRowT:
     """An ``of_gain`` gate with its threshold in metric units: the share times the baseline's
-    own change against its parent (in the metric's better direction); or the failing row when
-    the baseline has no parent comparison or gained nothing."""
+    own change against the ``reference`` model (in the metric's better direction); or the
+    failing row when that comparison is missing or the baseline gained nothing."""
     ename, metric, slice_ = metric_key(gate)
-    gained = next(
-        (
-            by_pair[key]
-            for key in pairs
-            if key[0] == baseline
-            and key[2:] == (ename, metric, slice_)
-            and by_pair[key].get("relation") == "parent"
-        ),
-        None,
-    )
+    gained = by_pair.get((baseline, reference, ename, metric, slice_))
     rule, share = gate.rule
     out = _row(gate, name, model, baseline, f"{rule} ≤ {share:g} × the gain of {baseline}")
     if gained is None:
-        out["detail"] = f"no comparison of {baseline} with its parent: its gain is unknown"
+        out["detail"] = f"no comparison of {baseline} with {reference}: its gain is unknown"
         return out
     sign = 1.0 if gained.get("higher_is_better", True) else -1.0
     gain = sign * float(gained["delta"])
     if not math.isfinite(gain) or gain <= 0:
         out["detail"] = (
-            f"{baseline} gained nothing on {gate.metric} [{slice_}] over {gained['baseline']} "
+            f"{baseline} gained nothing on {gate.metric} [{slice_}] over {reference} "
             f"(change {_fmt(gained['delta'])}): no gain to keep a share of; the gate fails closed"
         )
         return out

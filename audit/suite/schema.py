@@ -189,8 +189,8 @@ class GateSpec(Strict):
     )
     of_gain: bool = Field(
         False,
-        description="max_drop/max_rise is a share of the baseline's own change against its "
-        "parent (max_drop = 0.1: keep at least 90% of what the baseline gained).",
+        description="max_drop/max_rise is a share of the baseline's own change against the "
+        "reference model (max_drop = 0.1: keep at least 90% of what the baseline gained).",
     )
     significant: bool = Field(False, description='Same as mode = "significant".')
     alpha: float = Field(0.05, gt=0, lt=1, description='Test level of mode = "significant".')

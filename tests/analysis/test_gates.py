@@ -228,7 +228,7 @@ def test_of_gain_sets_the_threshold_from_the_baselines_gain() -> None:
     gate = GateSpec(metric="tasks.accuracy", vs="lora", max_drop=0.1, of_gain=True)
     lora_gain = {"relation": "parent", "baseline": "aligned", "delta": 0.6}
     by_pair: dict[Any, Any] = {("lora", "aligned", "tasks", "accuracy", "all"): lora_gain}
-    scaled = gain_share_gate(gate, "keeps 90%", "agl", "lora", by_pair, list(by_pair))
+    scaled = gain_share_gate(gate, "keeps 90%", "agl", "lora", by_pair, "aligned")
     assert not isinstance(scaled, dict)
     scaled_gate, versus = scaled
     assert scaled_gate.max_drop == pytest.approx(0.06) and "0.1 × its gain 0.6" in versus
@@ -248,7 +248,7 @@ def test_of_gain_sets_the_threshold_from_the_baselines_gain() -> None:
 
     # a baseline that gained nothing: the gate fails closed and says why
     by_pair[("lora", "aligned", "tasks", "accuracy", "all")] = {**lora_gain, "delta": -0.01}
-    failed = gain_share_gate(gate, "keeps 90%", "agl", "lora", by_pair, list(by_pair))
+    failed = gain_share_gate(gate, "keeps 90%", "agl", "lora", by_pair, "aligned")
     assert isinstance(failed, dict) and failed["passed"] is False
     assert "gained nothing" in failed["detail"]
 
