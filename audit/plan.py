@@ -25,7 +25,9 @@ from audit.plugins import Params
 from audit.store.keys import step_key
 from audit.suite.pairs import gate_pairs
 from audit.suite.schema import ModelSpec
+from audit.suite.seeds import replica_name
 from audit.suite.suite import Suite
+from audit.suite.sweeps import match_models
 
 
 def params_json(params: Params | None) -> dict[str, Any]:
@@ -281,11 +283,33 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
     )
 
 
+def _tradeoff_baselines(suite: Suite) -> dict[str, list[str]]:
+    """Model -> the baselines ``[[tradeoffs]]`` with ``vs = NAME`` compare it with (the same
+    seed's replica of NAME when both are replicated)."""
+    out: dict[str, list[str]] = {}
+    names = list(suite.file.models)
+    for spec in suite.file.tradeoffs:
+        if spec.vs in ("parent", "reference"):
+            continue
+        for model in match_models(spec.models, names, suite.sweeps):
+            seed = suite.seed_of.get(model)
+            vs = (
+                replica_name(spec.vs, seed)
+                if seed is not None and spec.vs in suite.replicas
+                else spec.vs
+            )
+            if vs != model:
+                out.setdefault(model, []).append(vs)
+    return out
+
+
 def comparison_pairs(suite: Suite, checks: Sequence[GateCheck]) -> tuple[Pair, ...]:
     """Every (model, baseline, relation) of the suite, each baseline once per model: its parents
     ("parent"), the models of its ``compare`` key ("compare"), the reference ("reference"),
-    then the models gates compare it with (``vs = NAME``, "gate"), in gate order."""
+    the models gates compare it with (``vs = NAME``, "gate"), in gate order, then those
+    ``[[tradeoffs]]`` place it against (``vs = NAME``, "compare")."""
     gates = suite.file.gates
+    tradeoff_baselines = _tradeoff_baselines(suite)
     pairs: list[Pair] = []
     for model in suite.topological_models():
         out: dict[str, Relation] = {p: "parent" for p in suite.dependencies(model)}
@@ -298,6 +322,8 @@ def comparison_pairs(suite: Suite, checks: Sequence[GateCheck]) -> tuple[Pair, .
             relative = gates[check.gate].relative
             if relative and check.model == model and vs not in ("reference", "parent", model):
                 out.setdefault(vs, "gate")
+        for baseline in tradeoff_baselines.get(model, []):
+            out.setdefault(baseline, "compare")
         out.pop(model, None)
         pairs += [Pair(model, baseline, relation) for baseline, relation in out.items()]
     return tuple(pairs)

@@ -65,7 +65,9 @@ def match_models(
     """The models of ``names`` (kept in that order) that any of ``patterns`` selects.
 
     A pattern that is exactly a model's name selects it; one that is a sweep's base name selects
-    every member of the sweep; any other is a glob (``agl*`` matches ``agl[steps=50]``).
+    every member of the sweep; any other is a glob (``agl*`` matches ``agl[steps=50]``), which
+    also selects every member of a sweep whose base name it matches (``*_bd`` selects the
+    replicas ``sentiment_bd.seedS`` of ``[suite] seeds``).
     """
     names = list(names)
     exact: set[str] = set()
@@ -77,7 +79,15 @@ def match_models(
             exact.update(sweeps[p].members)
         else:
             globs.append(p)
-    return [n for n in names if n in exact or any(_pattern_matches(n, g) for g in globs)]
+    base = {m: s.base for s in sweeps.values() for m in s.members}
+
+    def globbed(name: str) -> bool:
+        return any(
+            _pattern_matches(name, g) or (name in base and _pattern_matches(base[name], g))
+            for g in globs
+        )
+
+    return [n for n in names if n in exact or globbed(n)]
 
 
 def _accepts_list(annotation: Any) -> bool:

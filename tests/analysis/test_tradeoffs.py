@@ -96,3 +96,23 @@ def test_tradeoffs_are_validated(tmp_path: Path) -> None:
     text = str(e.value)
     assert "tradeoffs[0].gain" in text and "no metric 'acuracy'" in text
     assert "tradeoffs[0].models" in text and "no model matches 'zz'" in text
+
+
+def test_a_tradeoff_against_a_named_model_gets_its_comparisons(tmp_path: Path) -> None:
+    from audit.plan import comparison_pairs
+
+    text = SUITE.replace('models = ["a", "b", "c"]', 'models = ["b", "c"]\nvs = "a"')
+    (tmp_path / "s.toml").write_text(text)
+    pairs = {
+        (p.model, p.baseline): p.relation
+        for p in comparison_pairs(load_suite(tmp_path / "s.toml"), ())
+    }
+    assert pairs[("b", "a")] == "compare" and pairs[("c", "a")] == "compare"
+    assert ("a", "a") not in pairs
+    seeded = text.replace('name = "t"', 'name = "t"\nseeds = [4, 5]')
+    (tmp_path / "s.toml").write_text(seeded)
+    pairs = {
+        (p.model, p.baseline): p.relation
+        for p in comparison_pairs(load_suite(tmp_path / "s.toml"), ())
+    }
+    assert pairs[("b.seed5", "a.seed5")] == "compare" and ("b.seed5", "a.seed4") not in pairs

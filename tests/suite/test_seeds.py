@@ -171,3 +171,12 @@ def test_lineages_named_as_written_run_once_per_seed(tmp_path: Path) -> None:
     broken = text.replace('[models.l2]\nfrom = "lora"', '[models.l2]\nfrom = "agl"')
     found = issues(tmp_path, broken)
     assert any("'l2.seed3' must have exactly one parent, 'lora.seed3'" in f for f in found)
+
+
+def test_a_glob_on_the_name_as_written_selects_its_replicas(tmp_path: Path) -> None:
+    from audit.suite.sweeps import match_models
+
+    suite = load(tmp_path, SUITE)
+    names = list(suite.file.models)
+    assert match_models(["*ora"], names, suite.sweeps) == ["lora.seed0", "lora.seed3"]
+    assert match_models(["*ora.seed3"], names, suite.sweeps) == ["lora.seed3"]
