@@ -320,8 +320,10 @@ def comparison_pairs(suite: Suite, checks: Sequence[GateCheck]) -> tuple[Pair, .
         for check in checks:
             vs = gates[check.gate].vs
             relative = gates[check.gate].relative
-            if relative and check.model == model and vs not in ("reference", "parent", model):
-                out.setdefault(vs, "gate")
+            named = vs not in ("reference", "parent")
+            if relative and named and check.model == model and check.baseline not in (None, model):
+                # the check's baseline: `vs` resolved (to the same seed's replica, with seeds)
+                out.setdefault(check.baseline, "gate")
         for baseline in tradeoff_baselines.get(model, []):
             out.setdefault(baseline, "compare")
         out.pop(model, None)

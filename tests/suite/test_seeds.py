@@ -180,3 +180,17 @@ def test_a_glob_on_the_name_as_written_selects_its_replicas(tmp_path: Path) -> N
     names = list(suite.file.models)
     assert match_models(["*ora"], names, suite.sweeps) == ["lora.seed0", "lora.seed3"]
     assert match_models(["*ora.seed3"], names, suite.sweeps) == ["lora.seed3"]
+
+
+def test_a_gate_against_a_replicated_model_is_compared_within_each_seed(tmp_path: Path) -> None:
+    text = SUITE + (
+        '\n[[gates]]\nmetric = "refusal.refusal_rate_unsafe"\nmodels = ["merged"]\n'
+        'vs = "merged.control_norm"\nmax_drop = 0.0\n'
+    )
+    suite = load(tmp_path, text)
+    from audit.plan import GateCheck
+
+    checks = [GateCheck(1, m, b) for m, b in gate_pairs(suite, suite.file.gates[1])]
+    pairs = {(p.model, p.baseline): p.relation for p in comparison_pairs(suite, checks)}
+    assert pairs[("merged.seed3", "merged.control_norm.seed3")] == "gate"
+    assert ("merged.seed3", "merged.control_norm") not in pairs
