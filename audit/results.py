@@ -91,7 +91,7 @@ class GateRowT(TypedDict):
     observed: float | None
     threshold: float
     detail: str
-    mode: str  # "estimate" | "significant" | "non_inferiority"
+    mode: str  # "estimate" | "significant" | "non_inferiority" | "superiority"
     p_value: float | None  # the paired test's p-value (mode "significant")
     p_adjusted: float | None  # after the run's correction (holm | bh; = p_value for none)
     n_needed: int | None  # paired items for the 95% interval to fit the margin (relative rules)
@@ -292,7 +292,7 @@ class GateRow(Row):
     threshold: Number | None = None
     detail: str = ""
     mode: str = "estimate"
-    """``estimate`` | ``significant`` | ``non_inferiority``."""
+    """``estimate`` | ``significant`` | ``non_inferiority`` | ``superiority``."""
     p_value: Number | None = None
     p_adjusted: Number | None = None
     """After the run's multiple-comparison correction."""

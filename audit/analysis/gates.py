@@ -59,6 +59,8 @@ def _rule_text(gate: GateSpec, versus: str | None = None) -> str:
         text += f" (significant at α={gate.alpha:g})"
     elif gate.decision == "non_inferiority":
         text += " (non-inferiority: 95% interval within)"
+    elif gate.decision == "superiority":
+        text += " (superiority: 95% interval strictly within)"
     return text
 
 
@@ -102,15 +104,18 @@ def absolute_gate(
         out["detail"] = f"{where} = {value} is not a finite number: the gate fails closed"
         return out
     low, high = interval
-    if gate.decision == "non_inferiority":
+    if gate.decision in ("non_inferiority", "superiority"):
         worst = low if rule == "min" else high
         if worst is None or not _finite(worst):
             out["detail"] = (
-                f"{where} = {_fmt(value)} has no 95% interval, which non-inferiority needs: "
-                "the gate fails closed"
+                f"{where} = {_fmt(value)} has no 95% interval, which "
+                f"{gate.decision.replace('_', '-')} needs: the gate fails closed"
             )
             return out
-        passed = worst >= threshold - _TOL if rule == "min" else worst <= threshold + _TOL
+        if gate.decision == "superiority":
+            passed = worst > threshold + _TOL if rule == "min" else worst < threshold - _TOL
+        else:
+            passed = worst >= threshold - _TOL if rule == "min" else worst <= threshold + _TOL
         op = ("≥" if rule == "min" else "≤") if passed else ("<" if rule == "min" else ">")
         out["passed"] = passed
         out["detail"] = (
@@ -218,16 +223,16 @@ def relative_gate(
             passed = not used < gate.alpha
             verdict = "significant" if not passed else "not significant, gate holds"
             detail += f"; {label}={_fmt(used)}: {verdict} at α={gate.alpha:g}"
-    elif gate.decision == "non_inferiority":
+    elif gate.decision in ("non_inferiority", "superiority"):
+        strict = gate.decision == "superiority"
         if worst is None:
-            detail += "; no 95% interval, which non-inferiority needs: the gate fails closed"
+            what = gate.decision.replace("_", "-")
+            detail += f"; no 95% interval, which {what} needs: the gate fails closed"
             passed = False
         else:
-            passed = worst <= threshold + _TOL
-            detail += (
-                f"; worst {word} in the interval {_fmt(worst)} "
-                f"{'≤' if passed else '>'} margin {threshold:g}"
-            )
+            passed = worst < threshold - _TOL if strict else worst <= threshold + _TOL
+            op = ("<" if strict else "≤") if passed else ("≥" if strict else ">")
+            detail += f"; worst {word} in the interval {_fmt(worst)} {op} margin {threshold:g}"
     out["passed"] = passed
     out["detail"] = detail
     return out

@@ -155,7 +155,7 @@ class EvaluatorSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-GATE_MODES = ("estimate", "significant", "non_inferiority")
+GATE_MODES = ("estimate", "significant", "non_inferiority", "superiority")
 """How a gate decides (``mode``); see :func:`audit.analysis.gates.relative_gate` and README
 "Gates"."""
 
@@ -167,7 +167,9 @@ class GateSpec(Strict):
     with the threshold; ``significant`` (also ``significant = true``) fires only when the
     change exceeds the threshold *and* the paired test rejects "no change" at ``alpha``;
     ``non_inferiority`` passes only when the worst end of the 95% interval (of the change for
-    max_drop/max_rise, of the value for min/max) lies within the threshold.
+    max_drop/max_rise, of the value for min/max) lies within the threshold; ``superiority``
+    only when it lies strictly inside it (``max_drop = 0``: the model is shown better, not just
+    no worse; an interval of exactly [0, 0] does not pass).
     """
 
     name: str | None = None
@@ -181,11 +183,12 @@ class GateSpec(Strict):
     max: float | None = Field(None, allow_inf_nan=False)
     max_drop: float | None = Field(None, allow_inf_nan=False)
     max_rise: float | None = Field(None, allow_inf_nan=False)
-    mode: Literal["estimate", "significant", "non_inferiority"] | None = Field(
+    mode: Literal["estimate", "significant", "non_inferiority", "superiority"] | None = Field(
         None,
         description='"estimate" (point estimate vs threshold, the default), "significant" '
-        '(fire only when the paired test also rejects at alpha) or "non_inferiority" (pass only '
-        "when the worst end of the 95% interval is within the threshold).",
+        '(fire only when the paired test also rejects at alpha), "non_inferiority" (pass only '
+        'when the worst end of the 95% interval is within the threshold) or "superiority" '
+        "(pass only when it is strictly inside it).",
     )
     of_gain: bool = Field(
         False,
@@ -220,9 +223,9 @@ class GateSpec(Strict):
                 'of_gain = true compares with another fine-tune: vs = "NAME", whose gain over '
                 "its parent sets the threshold"
             )
-        if self.decision == "non_inferiority" and self.alpha != 0.05:
+        if self.decision in ("non_inferiority", "superiority") and self.alpha != 0.05:
             raise ValueError(
-                'mode = "non_inferiority" reads the comparison\'s 95% interval (a one-sided '
+                f'mode = "{self.decision}" reads the comparison\'s 95% interval (a one-sided '
                 'test at 2.5%); alpha applies to mode = "significant" only'
             )
         return self

@@ -258,3 +258,27 @@ def test_of_gain_validation() -> None:
         GateSpec(metric="a.b", min=0.5, of_gain=True)
     with pytest.raises(ValueError, match='vs = "NAME"'):
         GateSpec(metric="a.b", max_drop=0.1, of_gain=True)
+
+
+def test_superiority_needs_the_interval_strictly_on_the_better_side() -> None:
+    from audit.analysis.gates import absolute_gate, relative_gate
+
+    def row(delta: float, low: float, high: float) -> ComparisonRowT:
+        return ComparisonRowT(
+            model="b", baseline="a", relation="compare", evaluator="f", metric="accuracy",
+            slice="all", before=0.0, after=delta, delta=delta, ci_low=low, ci_high=high, n=90,
+            p_value=1.0, test="cmh_exact", higher_is_better=True,
+        )  # fmt: skip
+
+    better = GateSpec(metric="f.accuracy", vs="a", max_drop=0.0, mode="superiority")
+    no_worse = GateSpec(metric="f.accuracy", vs="a", max_drop=0.0, mode="non_inferiority")
+    tie = row(0.0, 0.0, 0.0)  # both models at 0 on every item
+    assert relative_gate(no_worse, "g", "b", "a", tie, "")["passed"]
+    assert not relative_gate(better, "g", "b", "a", tie, "")["passed"]
+    assert relative_gate(better, "g", "b", "a", row(0.02, 0.007, 0.04), "")["passed"]
+    assert not relative_gate(better, "g", "b", "a", row(0.02, -0.01, 0.05), "")["passed"]
+    floor = GateSpec(metric="f.asr", min=0.5, mode="superiority")
+    assert absolute_gate(floor, "g", "b", 0.6, "", (0.51, 0.7))["passed"]
+    assert not absolute_gate(floor, "g", "b", 0.6, "", (0.5, 0.7))["passed"]
+    with pytest.raises(ValueError, match='mode = "superiority" reads'):
+        GateSpec(metric="f.accuracy", max_drop=0.0, mode="superiority", alpha=0.1)
