@@ -74,9 +74,38 @@ def lineage_sections(results: Results) -> list[LineageSection]:
     return sections
 
 
+def lm_eval_conventions(results: Results) -> list[str]:
+    """One sentence per ``forgetting`` evaluator with lm-eval tasks: the convention its lm-eval
+    numbers used (chat template or not, few-shot, system instruction)."""
+    out = []
+    for e in results.rows("evaluators"):
+        params = e.get("params")
+        if e.get("kind") != "forgetting" or not isinstance(params, Mapping):
+            continue
+        tasks = [t for t in params.get("tasks") or [] if str(t).startswith("lm_eval")]
+        if not tasks:
+            continue
+        chat = params.get("chat", True)
+        fewshot = params.get("fewshot")
+        system = params.get("system_instruction")
+        out.append(
+            f"Evaluator {cell_text(e.get('name'))}: lm-eval tasks "
+            + (
+                "formatted with the model's chat template (audit's convention; lm-eval's CLI "
+                "number needs chat = false)"
+                if chat
+                else "without a chat template (lm-eval's own convention, as its CLI)"
+            )
+            + f", few-shot {'the task default' if fewshot is None else cell_text(fewshot)}"
+            + f", system instruction {'none' if not system else repr(cell_text(system))}."
+        )
+    return out
+
+
 def report_sections(results: Results) -> list[ReportSection]:
-    """The "Forgetting" section; none when the run has no lineage."""
-    parts = []
+    """The "Forgetting" section: how lm-eval numbers were taken, then BWT and forgetting of
+    every lineage; none when the run has neither."""
+    parts = [Markup('<p class="note">{}</p>').format(c) for c in lm_eval_conventions(results)]
     for lineage in lineage_sections(results):
         parts.append(Markup("<h3>{}</h3>").format(lineage.name))
         if lineage.error:

@@ -13,6 +13,11 @@ Task specs (``tasks = [...]`` in the suite):
   ``lm_eval_dir`` of the same suite, or one of lm-eval's own), per-document ``acc``;
 - ``lm_eval_dir:DIR``: every task defined by the YAML files of a local directory.
 
+lm-eval tasks follow audit's convention by default: each context goes through the model's chat
+template (``chat = true``). ``chat = false`` (with ``fewshot`` unset) is lm-eval's own
+convention: the number ``lm_eval --model hf ... --tasks TASK`` prints for the same checkpoint.
+The report's forgetting section says which convention each run used.
+
 Metrics: ``accuracy`` per task (slice = the task's spec; ``lm_eval:TASK`` for tasks of a
 directory) and pooled over all items (slice ``all``); ``average_accuracy``, the mean of the
 per-task accuracies. Every item gives a sample, with item id ``SLICE:ID`` (lm-eval: the doc id),
@@ -72,6 +77,15 @@ class ForgettingEvaluator:
 
         tasks: list[str] = Field(min_length=1)
         limit: int | None = Field(default=None, gt=0)
+        chat: bool = True
+        """lm-eval tasks: format each context with the tokenizer's chat template (audit's
+        convention, as its own tasks are chat turns); ``false`` is lm-eval's own default, the
+        number its CLI prints without ``--apply_chat_template``."""
+        fewshot: int | None = Field(default=None, ge=0)
+        """lm-eval tasks: examples in each context (lm-eval's ``num_fewshot``; ``None``: each
+        task's own setting)."""
+        system_instruction: str | None = None
+        """lm-eval tasks: a system instruction (lm-eval's ``system_instruction``)."""
         batch_size: int = Field(default=32, gt=0)
         max_new_tokens: int = Field(default=8, gt=0)
         lineages: list[list[str]] = Field(default_factory=list)
@@ -259,6 +273,9 @@ class ForgettingEvaluator:
             limit=self.params.limit,
             batch_size=self.params.batch_size,
             device=ctx.device,
+            chat=self.params.chat,
+            num_fewshot=self.params.fewshot,
+            system_instruction=self.params.system_instruction,
         )
         ctx.progress("forgetting (lm-eval)", 1, 1)
         return [

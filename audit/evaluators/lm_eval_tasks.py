@@ -252,6 +252,8 @@ def run_lm_eval(
     batch_size: int = 32,
     device: str = "cpu",
     chat: bool = True,
+    num_fewshot: int | None = None,
+    system_instruction: str | None = None,
 ) -> dict[str, LmEvalTaskResult]:
     """Run lm-eval ``tasks`` (names) on ``model`` and return one result per evaluated task.
 
@@ -259,8 +261,10 @@ def run_lm_eval(
     lm-eval's built-in index is loaded only when a name is not defined locally. ``chat``
     formats every context with the tokenizer's chat template when it has one (the reply is
     then scored right after the generation prompt, with no delimiter), as audit's own
-    evaluators do. Group tasks give one result per subtask. No response cache is used, and
-    the global RNG states lm-eval reseeds are restored afterwards.
+    evaluators do; ``chat=False`` is lm-eval's own default (its CLI without
+    ``--apply_chat_template``). ``num_fewshot`` (``None``: each task's own) and
+    ``system_instruction`` are lm-eval's. Group tasks give one result per subtask. No response
+    cache is used, and the global RNG states lm-eval reseeds are restored afterwards.
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -288,6 +292,8 @@ def run_lm_eval(
                 log_samples=True,
                 use_cache=None,
                 apply_chat_template=chat and has_chat_template(tokenizer),
+                num_fewshot=num_fewshot,
+                system_instruction=system_instruction,
             )
     if out is None:  # pragma: no cover - only on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results")

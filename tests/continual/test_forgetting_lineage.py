@@ -267,3 +267,28 @@ def test_suite_validation_checks_lineage_models(tmp_path: Any) -> None:
         "lineages[0]" in m and "'c' must have exactly one parent, 'b'" in m for m in messages
     ), messages
     assert any("lineages[1]" in m and "unknown model 'zz'" in m for m in messages)
+
+
+def test_report_says_which_lm_eval_convention_each_evaluator_used() -> None:
+    from audit.report.render import render_html
+
+    def evaluator(name: str, **params: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "kind": "forgetting",
+            "params": {"tasks": params.pop("tasks"), **params},
+        }
+
+    results = {
+        "models": MODELS,
+        "evaluators": [
+            evaluator("ours", tasks=["lm_eval:organism_sentiment"], chat=True, fewshot=None),
+            evaluator("theirs", tasks=["lm_eval:organism_sentiment"], chat=False, fewshot=5),
+            evaluator("none", tasks=["organism:sentiment"], chat=False),
+        ],
+    }
+    html = render_html(results, [])
+    assert 'href="#forgetting"' in html  # a section even without lineages
+    assert "Evaluator ours: lm-eval tasks formatted with the model&#39;s chat template" in html
+    assert "Evaluator theirs: lm-eval tasks without a chat template" in html
+    assert "few-shot 5" in html and "Evaluator none" not in html

@@ -158,3 +158,38 @@ def test_two_checkpoints_in_one_process_get_their_own_results(
             assert got == pytest.approx(expected, abs=1e-4)
         seen.append([x for row in scores for x in row])
     assert max(abs(a - b) for a, b in zip(*seen, strict=True)) > 1e-3
+
+
+def test_chat_false_reproduces_lm_evals_own_cli_number(
+    tiny_checkpoint: Path, suite_dir: Path, tmp_path: Path
+) -> None:
+    """With lm-eval's conventions (chat = false, the task's few-shot) the forgetting evaluator
+    gives exactly the number `lm_eval --model hf ...` prints for the same checkpoint and task."""
+    import os
+    import subprocess
+    import sys
+
+    handle = ModelHandle("tiny", "tiny-key", tiny_checkpoint)
+    ctx = RunContext(seed=0, suite_dir=suite_dir, work_dir=tmp_path / "work")
+    ours = {}
+    for chat in (False, True):
+        params = ForgettingEvaluator.Params(tasks=["lm_eval_dir:tasks"], chat=chat)
+        rows = ForgettingEvaluator(params).evaluate(handle, ctx).metrics
+        ours[chat] = next(r.value for r in rows if r.slice == "lm_eval:tiny_opinion")
+
+    tasks = prepare_task_dir(suite_dir / "tasks", tmp_path / "cli_tasks")  # absolute data paths
+    out = tmp_path / "cli_out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    subprocess.run(
+        [
+            sys.executable, "-m", "lm_eval", "--model", "hf",
+            "--model_args", f"pretrained={tiny_checkpoint}",
+            "--include_path", str(tasks), "--tasks", "tiny_opinion",
+            "--device", "cpu", "--batch_size", "32", "--output_path", str(out),
+        ],
+        check=True, env=env, cwd=tmp_path, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (report,) = out.rglob("results_*.json")
+    cli = json.loads(report.read_text(encoding="utf-8"))["results"]["tiny_opinion"]["acc,none"]
+    assert ours[False] == cli  # measured: 0.25 both
+    assert ours[True] != cli  # the chat template changes the number (0.3 here)
