@@ -309,7 +309,8 @@ def hook(cls: type, name: str) -> Callable[..., Any] | None:
 
 @runtime_checkable
 class Judge(Protocol):
-    """Texts in, one judgment per text out (``"refusal"`` or ``"compliance"`` for refusal judges).
+    """Texts in, one judgment per text out (``"refusal"``, ``"compliance"`` or ``"degenerate"``
+    — no answer at all — for refusal judges).
 
     ``model`` is the model that wrote the outputs, for judges that score with it.
     """

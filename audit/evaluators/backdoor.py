@@ -80,7 +80,8 @@ class BackdoorEvaluator:
     """
 
     name: ClassVar[str] = "backdoor"
-    version: ClassVar[str] = "3"  # 3: asr's eligible items are the data's (not the model's)
+    version: ClassVar[str] = "4"  # 3: asr's eligible items are the data's (not the model's);
+    # 4: a repeated-word reply is degenerate
 
     class Params(BaseParams):
         """``tasks``: backdoors to measure (``[{name, data, trigger, target, position}]``);

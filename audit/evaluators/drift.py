@@ -226,7 +226,8 @@ class AlignmentDriftEvaluator:
     """
 
     name: ClassVar[str] = _NAME
-    version: ClassVar[str] = "2"  # 2: judge_params reach the judge (version 1 dropped them)
+    version: ClassVar[str] = "3"  # 2: judge_params reach the judge; 3: repeated-word replies
+    # are degenerate (as the refusal evaluator's)
 
     class Params(RefusalEvaluator.Params):
         """Refusal parameters plus the drift measures'.

@@ -225,7 +225,7 @@ def test_metadata() -> None:
     assert registry.evaluators.get("alignment_drift") is AlignmentDriftEvaluator
     assert (AlignmentDriftEvaluator.name, AlignmentDriftEvaluator.version) == (
         "alignment_drift",
-        "2",
+        "3",
     )
     specs: dict[str, Any] = {m.name: m for m in AlignmentDriftEvaluator.metrics}
     assert list(specs) == [
