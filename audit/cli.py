@@ -70,15 +70,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path.exists() and not path.is_dir():
             _err.print(f"[red]error[/] {flag} {escape(str(path))} is a file, not a directory")
             return EXIT_INVALID
+    device = resolve_device(args.device)
     vetted = vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
     store = open_store(cache, create=True)
     plan = build_plan(suite, hash_cache=cache / "file-hashes", vetted=vetted)
     with library_output(out_dir / LOG_NAME) as terminal:  # libraries' chatter → run.log
         console = None if terminal is None else Console(file=terminal, highlight=False)
         progress = Progress(quiet=args.quiet, console=console)
-        outcome = Runner(plan, store, progress, device=args.device).run()
+        outcome = Runner(plan, store, progress, device=device).run()
     store.close()  # release the entries this run used: `audit cache prune` may take them now
-    results, samples = assemble(plan, outcome, started, args.device)
+    results, samples = assemble(plan, outcome, started, device)
     report = write_outputs(out_dir, results, samples)
     _update_gallery(_gallery_root(args.gallery, out_dir, lambda: _default_out(suite).parent))
     _summarize(results, outcome.executed, report)
@@ -261,6 +262,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def resolve_device(device: str) -> str:
+    """``auto``: ``cuda`` when torch sees a GPU, else ``mps`` (Apple), else ``cpu``; any other
+    device string is torch's, unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from audit import registry
 
@@ -277,7 +291,50 @@ def cmd_list(args: argparse.Namespace) -> int:
                 for m in metrics:
                     arrow = "↑" if m.higher_is_better else "↓"
                     _out.print(f"      {arrow} {escape(m.name)}: {escape(m.description)}")
+            if getattr(args, "params", False):
+                try:
+                    fields = reg.get(info.name).Params.model_fields
+                except Exception as e:  # a broken plug-in should not hide the others
+                    _out.print(f"      [red]cannot load: {escape(str(e))}[/]")
+                    continue
+                for fname, finfo in fields.items():
+                    key = finfo.alias or fname
+                    default = "required" if finfo.is_required() else f"= {_default(finfo)}"
+                    kind = _type_name(finfo.annotation)
+                    _out.print(f"      {escape(key)}: {escape(kind)} {escape(default)}")
     return EXIT_OK
+
+
+def _type_name(annotation: Any) -> str:
+    """A parameter's type as written in Python, without module paths or ``Annotated`` markers."""
+    import re
+    import typing
+
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    text = re.sub(r"typing\.|[A-Za-z_][\w.]*\.(?=[A-Za-z_])", "", text)
+    return re.sub(r"Annotated\[([^,\]]+), [^\]]*\]", r"\1", text)
+
+
+def _default(finfo: Any) -> str:
+    """A parameter's default as a suite would write it (JSON; ``(unset)`` for ``None``)."""
+    import json
+
+    if finfo.default_factory is not None:
+        try:
+            value = finfo.default_factory()
+        except TypeError:
+            return "(computed)"
+        value = value.model_dump() if hasattr(value, "model_dump") else value
+    else:
+        value = finfo.default
+    if value is None:
+        return "(unset)"
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def cmd_organism_build(args: argparse.Namespace) -> int:
@@ -390,7 +447,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("suite", help="path to suite.toml")
     run.add_argument("--out", help="output directory (default: reports/<suite name>/)")
     run.add_argument("--cache", help="store directory (default: [suite] cache_dir)")
-    run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    run.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device, or auto: cuda, else mps, else cpu (default: cpu)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars (CI logs)")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a suite file without running anything")
@@ -440,7 +501,11 @@ def parser() -> argparse.ArgumentParser:
     gal = sub.add_parser("gallery", help="rewrite ROOT/index.html, the list of runs under ROOT")
     gal.add_argument("root", nargs="?", default="reports", help="output root (default: reports)")
     gal.set_defaults(func=cmd_gallery)
-    sub.add_parser("list", help="list installed plug-ins").set_defaults(func=cmd_list)
+    lst = sub.add_parser("list", help="list installed plug-ins")
+    lst.add_argument(
+        "--params", action="store_true", help="also every plug-in's parameters and defaults"
+    )
+    lst.set_defaults(func=cmd_list)
     sub.add_parser("schema", help="print the suite JSON schema").set_defaults(func=cmd_schema)
     org = sub.add_parser("organism", help="the built-in model organism")
     org_sub = org.add_subparsers(dest="organism_command", required=True)

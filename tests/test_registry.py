@@ -197,3 +197,24 @@ def test_a_plug_in_brings_its_own_check_analysis_and_section(
     assert row["gap"] == pytest.approx(loss["tuned"] - loss["base"])
     page = (out / "index.html").read_text()
     assert '<section id="loss-gap">' in page and 'href="#loss-gap"' in page
+
+
+def test_list_params_shows_every_parameter_with_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["list", "--params"]) == 0
+    out = capsys.readouterr().out
+    assert "lambda_t: float = 0.5" in out  # alignguard
+    assert "data: str required" in out
+    assert "density: float | None = (unset)" in out  # merge
+    assert 'judge: str = "keyword"' in out  # refusal evaluator
+
+
+def test_device_auto_resolves_to_what_torch_sees() -> None:
+    import torch
+
+    from audit.cli import resolve_device
+
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") in (expected, "mps")
