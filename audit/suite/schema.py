@@ -305,14 +305,47 @@ class SuiteFile(Strict):
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON schema of suite files, with each plug-in's parameters under ``$defs``."""
+    """The JSON schema of suite files, each plug-in's parameters linked to its tables.
+
+    A ``[models.NAME]`` table whose ``intervention`` is X (an ``[evaluators.NAME]`` table whose
+    ``kind`` is X) is checked against X's parameters: an editor flags an unknown key or a value
+    of the wrong type. Each parameter may also be a list of its values (a sweep). Plug-in
+    parameter schemas are under ``$defs`` as ``intervention:X`` / ``evaluator:X``.
+    """
     schema = SuiteFile.model_json_schema(by_alias=True)
     defs = schema.setdefault("$defs", {})
-    for kind, reg in (("intervention", registry.interventions), ("evaluator", registry.evaluators)):
+    tables = (
+        ("intervention", registry.interventions, "ModelSpec", "intervention"),
+        ("evaluator", registry.evaluators, "EvaluatorSpec", "kind"),
+    )
+    for kind, reg, table, key in tables:
+        own = defs[table].get("properties", {})
+        branches = []
         for name in reg.names():
             try:
                 params = reg.get(name).Params
             except PluginError:
                 continue
-            defs[f"{kind}:{name}"] = params.model_json_schema()
+            prefix = f"{kind}:{name}"
+            sub = params.model_json_schema(
+                by_alias=True, ref_template=f"#/$defs/{prefix}:{{model}}"
+            )
+            for inner, definition in sub.pop("$defs", {}).items():
+                defs[f"{prefix}:{inner}"] = definition
+            defs[prefix] = sub
+            swept = {
+                k: {"anyOf": [v, {"type": "array", "items": v}]}
+                for k, v in sub.get("properties", {}).items()
+            }
+            branches.append(
+                {
+                    "if": {"properties": {key: {"const": name}}, "required": [key]},
+                    "then": {
+                        "properties": {**own, **swept},
+                        "required": sub.get("required", []),
+                        "additionalProperties": False,
+                    },
+                }
+            )
+        defs[table]["allOf"] = branches
     return schema

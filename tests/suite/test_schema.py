@@ -260,3 +260,30 @@ def test_output_or_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
         argv = ["run", str(path), flag, str(tmp_path / "taken"), "--quiet"]
         assert main(argv) == 2
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_schema_checks_each_plugins_parameters_where_its_table_names_it() -> None:
+    """An editor using `audit schema` flags a parameter typo or a wrong type in a plug-in's
+    table, and accepts every shipped suite (sweeps included)."""
+    import tomllib
+
+    import jsonschema
+
+    schema = json_schema()
+    suites = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.toml"))
+    for path in suites:
+        jsonschema.validate(tomllib.loads(path.read_text(encoding="utf-8")), schema)
+
+    def errors(model: dict[str, object]) -> list[str]:
+        suite = {"suite": {"name": "s"}, "models": {"m": model}}
+        validator = jsonschema.Draft202012Validator(schema)
+        return [e.message for e in validator.iter_errors(suite)]
+
+    lora = {"from": "a", "intervention": "lora", "data": "organism:helpful"}
+    assert errors(lora) == []
+    assert errors({**lora, "steps": [10, 20]}) == []  # a sweep
+    assert errors({**lora, "stpes": 10})  # a typo
+    assert errors({**lora, "steps": "ten"})  # a wrong type
+    assert errors({"from": "a", "intervention": "lora"})  # `data` is required
+    evaluator = {"suite": {"name": "s"}, "models": {}, "evaluators": {"e": {"kind": "refusal"}}}
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(evaluator))  # no probes
