@@ -116,7 +116,10 @@ def absolute_gate(
             passed = worst > threshold + _TOL if rule == "min" else worst < threshold - _TOL
         else:
             passed = worst >= threshold - _TOL if rule == "min" else worst <= threshold + _TOL
-        op = ("≥" if rule == "min" else "≤") if passed else ("<" if rule == "min" else ">")
+        if gate.decision == "superiority":
+            op = (">" if rule == "min" else "<") if passed else ("≤" if rule == "min" else "≥")
+        else:
+            op = ("≥" if rule == "min" else "≤") if passed else ("<" if rule == "min" else ">")
         out["passed"] = passed
         out["detail"] = (
             f"{where} = {_fmt(value)} (95% CI [{_fmt(low)}, {_fmt(high)}]): worst end "
@@ -332,17 +335,16 @@ def evaluate_gates(
                 metric = by_metric.get((model, *metric_key(gate)))
                 rows.append(absolute_gate_on_row(gate, name, model, metric, why))
                 continue
-            if gate.of_gain:
+            checked, versus = gate, None
+            if gate.of_gain:  # the threshold in metric units, for this baseline
                 scaled = gain_share_gate(gate, name, model, baseline, by_pair, suite.reference)
                 if isinstance(scaled, dict):
                     rows.append(scaled)
                     continue
-                gate, versus = scaled
-            else:
-                versus = None
+                checked, versus = scaled
             rows.append(
                 relative_gate(
-                    gate,
+                    checked,
                     name,
                     model,
                     baseline,

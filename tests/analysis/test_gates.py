@@ -282,3 +282,59 @@ def test_superiority_needs_the_interval_strictly_on_the_better_side() -> None:
     assert not absolute_gate(floor, "g", "b", 0.6, "", (0.5, 0.7))["passed"]
     with pytest.raises(ValueError, match='mode = "superiority" reads'):
         GateSpec(metric="f.accuracy", max_drop=0.0, mode="superiority", alpha=0.1)
+
+
+def test_an_of_gain_gate_scales_its_threshold_once_per_model(tmp_path: Path) -> None:
+    from audit.plan import GateCheck, Plan
+
+    text = """\
+[suite]
+name = "g"
+
+[models.aligned]
+source = "organism:aligned"
+
+[models.a]
+from = "aligned"
+intervention = "lora"
+data = "organism:sentiment"
+
+[models.b]
+from = "aligned"
+intervention = "lora"
+data = "organism:sentiment"
+
+[models.c]
+from = "aligned"
+intervention = "lora"
+data = "organism:sentiment"
+
+[evaluators.tasks]
+kind = "task_accuracy"
+tasks = ["organism:sentiment"]
+
+[[gates]]
+metric = "tasks.accuracy"
+models = ["b", "c"]
+vs = "a"
+max_drop = 0.1
+of_gain = true
+"""
+    (tmp_path / "s.toml").write_text(text)
+    suite = load_suite(tmp_path / "s.toml")
+    plan = Plan(suite, (), (), (), (GateCheck(0, "b", "a"), GateCheck(0, "c", "a")))
+
+    def row(model: str, baseline: str, before: float, after: float) -> ComparisonRowT:
+        return ComparisonRowT(
+            model=model, baseline=baseline, relation="compare", evaluator="tasks",
+            metric="accuracy", slice="all", before=before, after=after, delta=after - before,
+            ci_low=None, ci_high=None, n=100, p_value=None, test="mcnemar_exact",
+            higher_is_better=True,
+        )  # fmt: skip
+
+    rows = [row("a", "aligned", 0.2, 0.7), row("b", "a", 0.7, 0.66), row("c", "a", 0.7, 0.66)]
+    status = {m: "ok" for m in ("aligned", "a", "b", "c")}
+    gates = evaluate_gates(plan, [], rows, status)
+    # a gained 0.5: each model may drop 0.05; both dropped 0.04
+    assert [(g["model"], g["passed"]) for g in gates] == [("b", True), ("c", True)]
+    assert [g["threshold"] for g in gates] == [pytest.approx(0.05)] * 2
