@@ -55,35 +55,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from audit.analysis.assemble import assemble, write_outputs
-    from audit.library_output import LOG_NAME, library_output
-    from audit.plan import build_plan, vet_sources
-    from audit.progress import Progress
-    from audit.runner import Runner
-    from audit.store.core import open_store
+    from audit.api import run_suite
 
     suite = _load(args.suite)
-    started = datetime.now(UTC)
-    cache = Path(args.cache).resolve() if args.cache else suite.cache_dir
-    out_dir = Path(args.out) if args.out else _default_out(suite)
-    for flag, path in (("--out", out_dir), ("--cache", cache)):
-        if path.exists() and not path.is_dir():
-            _err.print(f"[red]error[/] {flag} {escape(str(path))} is a file, not a directory")
-            return EXIT_INVALID
-    device = resolve_device(args.device)
-    vetted = vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
-    store = open_store(cache, create=True)
-    plan = build_plan(suite, hash_cache=cache / "file-hashes", vetted=vetted)
-    with library_output(out_dir / LOG_NAME) as terminal:  # libraries' chatter → run.log
-        console = None if terminal is None else Console(file=terminal, highlight=False)
-        progress = Progress(quiet=args.quiet, console=console)
-        outcome = Runner(plan, store, progress, device=device).run()
-    store.close()  # release the entries this run used: `audit cache prune` may take them now
-    results, samples = assemble(plan, outcome, started, device)
-    report = write_outputs(out_dir, results, samples)
+    record = run_suite(suite, out=args.out, cache=args.cache, device=args.device, quiet=args.quiet)
+    out_dir = record.report.parent
     _update_gallery(_gallery_root(args.gallery, out_dir, lambda: _default_out(suite).parent))
-    _summarize(results, outcome.executed, report)
-    return _ci_outputs(results, args, report, int(results["exit_code"]))
+    _summarize(record.results, record.executed, record.report)
+    return _ci_outputs(record.results, args, record.report, int(record.results["exit_code"]))
 
 
 def _ci_outputs(results: dict[str, Any], args: argparse.Namespace, report: Path, code: int) -> int:
@@ -115,9 +94,9 @@ def _ci_outputs(results: dict[str, Any], args: argparse.Namespace, report: Path,
 
 
 def _default_out(suite: Suite) -> Path:
-    if suite.file.report.output_dir:
-        return suite.dir / suite.file.report.output_dir
-    return Path("reports") / suite.name
+    from audit.api import default_out
+
+    return default_out(suite)
 
 
 def _field(text: object) -> str:
@@ -260,19 +239,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         ) from e
     _out.print(f"report: {escape(str(out))}")
     return EXIT_OK
-
-
-def resolve_device(device: str) -> str:
-    """``auto``: ``cuda`` when torch sees a GPU, else ``mps`` (Apple), else ``cpu``; any other
-    device string is torch's, unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    return "mps" if mps is not None and mps.is_available() else "cpu"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

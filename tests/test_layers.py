@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"runner", "library_output"},
     {"analysis"},
     {"release"},
+    {"api"},
     {"cli", "__main__"},
 ]
 """Top-level modules and folders of ``audit/``, lowest first: a unit imports its own layer's
@@ -139,7 +140,7 @@ def test_no_import_cycles() -> None:
 
 SPINE = {"audit", "errors", "faults", "terminal", "files", "results", "plugins", "stats",
          "models", "report", "store", "progress", "resources", "suite", "fingerprint", "plan",
-         "runner", "library_output", "analysis", "release", "cli"}  # fmt: skip
+         "runner", "library_output", "analysis", "release", "api", "cli"}  # fmt: skip
 """Units that must work for any plug-in: they may not name a built-in one."""
 
 

@@ -213,7 +213,7 @@ def test_list_params_shows_every_parameter_with_its_default(
 def test_device_auto_resolves_to_what_torch_sees() -> None:
     import torch
 
-    from audit.cli import resolve_device
+    from audit.api import resolve_device
 
     assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
     expected = "cuda" if torch.cuda.is_available() else "cpu"

@@ -302,3 +302,23 @@ def test_seeds_replicate_pool_and_gate_on_the_pooled_estimate(
     assert (point["model"], point["baseline"]) == ("complier", "aligned")
     assert point["cost"]["value"] == pytest.approx(-pooled["delta"]) and point["pareto"]
     assert 'id="tradeoffs"' in html and "<svg" in html
+
+
+def test_python_api_runs_a_suite_and_returns_typed_results(
+    tiny_refuser: Path, tmp_path: Path
+) -> None:
+    from audit.api import run
+    from audit.errors import InputError
+    from audit.results import Results
+
+    suite = _suite(tmp_path, tiny_refuser)
+    results = run(suite, out=tmp_path / "out")
+    assert isinstance(results, Results)
+    assert results.exit_code == 1 and results.verdict == "fail"  # the drift gate fails
+    assert {m.name for m in results.models} == {"aligned", "complier"}
+    assert (tmp_path / "out" / "index.html").is_file()
+    # the same as `audit run` wrote: one results.json for both
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["run_id"] == results.run_id
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a directory"):
+        run(suite, out=tmp_path / "afile")

@@ -1,0 +1,113 @@
+"""The Python API: run a suite from code and get its typed results.
+
+>>> from audit.api import run
+>>> results = run("suites/demo.toml", out="reports/demo")  # doctest: +SKIP
+>>> results.verdict, results.exit_code  # doctest: +SKIP
+('fail', 1)
+
+``run`` does what ``audit run`` does — validate, build or reuse every model, evaluate, compare,
+gate, write results.json, samples.jsonl and index.html — and returns the
+:class:`audit.results.Results` it wrote. Invalid input raises
+:class:`audit.suite.checks.SuiteError` or :class:`audit.errors.InputError`; the gates' verdict
+is in the results (``exit_code``), not an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from audit.errors import InputError
+from audit.results import Results, parse_results
+from audit.suite.suite import Suite
+
+__all__ = ["RunRecord", "default_out", "resolve_device", "run", "run_suite"]
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: ``cuda`` when torch sees a GPU, else ``mps`` (Apple), else ``cpu``; any other
+    device string is torch's, unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def default_out(suite: Suite) -> Path:
+    """Where a suite's outputs go by default: ``[report] output_dir``, else reports/<name>/."""
+    if suite.file.report.output_dir:
+        return suite.dir / suite.file.report.output_dir
+    return Path("reports") / suite.name
+
+
+@dataclass
+class RunRecord:
+    """What a run produced: the results.json payload, the report's path, and the steps that
+    executed (the rest came from the store)."""
+
+    results: dict[str, Any]
+    report: Path
+    executed: list[str]
+
+
+def run_suite(
+    suite: Suite,
+    *,
+    out: str | Path | None = None,
+    cache: str | Path | None = None,
+    device: str = "cpu",
+    quiet: bool = True,
+) -> RunRecord:
+    """Run a validated suite and write its outputs (the work of ``audit run``)."""
+    from rich.console import Console
+
+    from audit.analysis.assemble import assemble, write_outputs
+    from audit.library_output import LOG_NAME, library_output
+    from audit.plan import build_plan, vet_sources
+    from audit.progress import Progress
+    from audit.runner import Runner
+    from audit.store.core import open_store
+
+    started = datetime.now(UTC)
+    store_dir = Path(cache).resolve() if cache else suite.cache_dir
+    out_dir = Path(out) if out else default_out(suite)
+    for flag, path in (("--out", out_dir), ("--cache", store_dir)):
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{flag} {path} is a file, not a directory")
+    device = resolve_device(device)
+    vetted = vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
+    store = open_store(store_dir, create=True)
+    plan = build_plan(suite, hash_cache=store_dir / "file-hashes", vetted=vetted)
+    with library_output(out_dir / LOG_NAME) as terminal:  # libraries' chatter → run.log
+        console = None if terminal is None else Console(file=terminal, highlight=False)
+        progress = Progress(quiet=quiet, console=console)
+        outcome = Runner(plan, store, progress, device=device).run()
+    store.close()  # release the entries this run used: `audit cache prune` may take them now
+    results, samples = assemble(plan, outcome, started, device)
+    report = write_outputs(out_dir, results, samples)
+    return RunRecord(results, report, outcome.executed)
+
+
+def run(
+    suite: str | Path | Suite,
+    *,
+    out: str | Path | None = None,
+    cache: str | Path | None = None,
+    device: str = "cpu",
+    quiet: bool = True,
+) -> Results:
+    """Run a suite (a path, or a loaded :class:`Suite`) as ``audit run`` does and return its
+    typed results. ``out``: the output directory (default ``[report] output_dir``, else
+    reports/<suite name>/); ``cache``: the store (default the suite's ``cache_dir``);
+    ``device``: a torch device or ``auto``; ``quiet``: no progress bars."""
+    from audit.suite.checks import load_suite
+
+    loaded = suite if isinstance(suite, Suite) else load_suite(suite)
+    record = run_suite(loaded, out=out, cache=cache, device=device, quiet=quiet)
+    return parse_results(record.results, "results")
