@@ -395,6 +395,37 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from audit.suite.checks import SuiteError, load_suite
+    from audit.suite.starter import starter_suite
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        _err.print(f"[red]error[/] {escape(str(out))} exists; pass --force to overwrite it")
+        return EXIT_INVALID
+    text = starter_suite(args.model, args.tuned, args.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    problems = [
+        f"{flag} {source}: no such directory (relative paths are read from {out.parent})"
+        for flag, source in (("--model", args.model), ("--tuned", args.tuned))
+        if source
+        and source.startswith("path:")
+        and not (out.parent / Path(source[len("path:") :]).expanduser()).is_dir()
+    ]
+    try:
+        load_suite(out)
+    except SuiteError as e:
+        problems += [str(issue) for issue in e.issues]
+    if problems:
+        for problem in problems:
+            _err.print(f"[yellow]warning[/] {escape(problem)}")
+        _out.print(f"wrote {escape(str(out))}; fix the above, then: audit run {escape(str(out))}")
+        return EXIT_INVALID
+    _out.print(f"wrote {escape(str(out))}; run it with: audit run {escape(str(out))}")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from audit.suite.schema import json_schema
 
@@ -467,6 +498,15 @@ def parser() -> argparse.ArgumentParser:
     gal = sub.add_parser("gallery", help="rewrite ROOT/index.html, the list of runs under ROOT")
     gal.add_argument("root", nargs="?", default="reports", help="output root (default: reports)")
     gal.set_defaults(func=cmd_gallery)
+    init = sub.add_parser("init", help="write a starter suite auditing a checkpoint")
+    init.add_argument(
+        "--model", required=True, help='the checkpoint: "hf:ID", "path:DIR" or "organism:NAME"'
+    )
+    init.add_argument("--tuned", help="a fine-tune of it to audit against it (same forms)")
+    init.add_argument("--out", default="suite.toml", help="the suite file (default suite.toml)")
+    init.add_argument("--name", help="the suite's name (default audit-<model name>)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_init)
     lst = sub.add_parser("list", help="list installed plug-ins")
     lst.add_argument(
         "--params", action="store_true", help="also every plug-in's parameters and defaults"
