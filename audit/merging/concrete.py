@@ -63,6 +63,7 @@ __all__ = [
     "concrete_sample",
     "entropy_loss",
     "final_mask",
+    "final_masks",
     "hard_mask",
     "learn_concrete_mask",
     "mask_stats",
@@ -177,6 +178,24 @@ def final_mask(logits: Tensor, kind: FinalMask, temperature: float, gen: Any) ->
     if kind == "discrete":
         return torch.bernoulli(torch.sigmoid(logits), generator=gen)
     return hard_mask(logits)
+
+
+def final_masks(
+    tau: Mapping[str, Tensor],
+    logits: Mapping[str, Tensor],
+    kind: FinalMask,
+    temperature: float,
+    rescale: bool,
+    gen: Any,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, float]]:
+    """The masks a trained mask model ends with: ``(final, applied, stats)`` — each logit
+    tensor's :func:`final_mask`, the same rescaled by its mean where ``rescale`` (as multiplied
+    into the update), and their :func:`mask_stats` against ``tau``. DAM and Concrete both end
+    this way (the reference's ``merge_and_unload`` with ``mask_model.sample_mask`` and the
+    mean rescale)."""
+    final = {n: final_mask(t.detach(), kind, temperature, gen) for n, t in logits.items()}
+    applied = {n: rescaled(m) for n, m in final.items()} if rescale else final
+    return final, applied, mask_stats(tau, final, applied)
 
 
 def mask_stats(
@@ -531,12 +550,9 @@ def learn_concrete_mask(
             history.append(float(loss.detach()))
             report("concrete", step + 1, options.steps)
     with torch.no_grad():
-        final = {
-            n: final_mask(t.detach(), options.mask, options.temperature, gen)
-            for n, t in logits.items()
-        }
-        applied = {n: rescaled(m) for n, m in final.items()} if options.rescale else final
-        stats = mask_stats(merge.tau, final, applied)
+        final, applied, stats = final_masks(
+            merge.tau, logits, options.mask, options.temperature, options.rescale, gen
+        )
     return ConcreteResult(
         task_vector=merge.task_vector(deltas, weights, applied),
         logits={n: t.detach() for n, t in logits.items()},

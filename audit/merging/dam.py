@@ -63,9 +63,8 @@ from audit.merging.concrete import (
     PromptSampler,
     concrete_sample,
     entropy_loss,
-    final_mask,
+    final_masks,
     generator_for,
-    mask_stats,
     next_token_logits,
     rescaled,
     scaled_weights,
@@ -259,12 +258,9 @@ def learn_dam_masks(
                 progress("dam", step + 1, options.steps)
         delta = delta.detach()
     with torch.no_grad():
-        final = {
-            n: final_mask(t.detach(), options.mask, options.temperature, gen)
-            for n, t in logits.items()
-        }
-        applied = {n: rescaled(m) for n, m in final.items()} if options.rescale else final
-        stats = mask_stats(merge.tau, final, applied)
+        final, applied, stats = final_masks(
+            merge.tau, logits, options.mask, options.temperature, options.rescale, gen
+        )
     return DamResult(
         task_vector=merge.task_vector(deltas, weights, applied),
         logits={n: t.detach() for n, t in logits.items()},
