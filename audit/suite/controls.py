@@ -15,14 +15,7 @@ from audit import registry
 from audit.plugins import hook
 from audit.registry import PluginError
 from audit.suite.schema import ModelSpec, SuiteFile
-
-
-class ControlChecker(Protocol):
-    """What control expansion needs of the suite checker (:mod:`audit.suite.checks`)."""
-
-    members: dict[str, tuple[str, str]]
-
-    def add(self, loc: tuple[str | int, ...], message: str) -> None: ...
+from audit.suite.sweeps import ExpansionChecker
 
 
 class ControlledSuite(Protocol):
@@ -32,7 +25,7 @@ class ControlledSuite(Protocol):
     controls: dict[str, str]
 
 
-def expand_controls(check: ControlChecker, suite: ControlledSuite) -> None:
+def expand_controls(check: ExpansionChecker, suite: ControlledSuite) -> None:
     """Add the matched controls of every model with ``controls = true`` after it."""
     models: dict[str, ModelSpec] = {}
     for name, spec in suite.file.models.items():

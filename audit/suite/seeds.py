@@ -18,20 +18,12 @@ from audit import registry
 from audit.registry import PluginError
 from audit.suite.refs import model_ref_keys
 from audit.suite.schema import ModelSpec, SuiteFile
-from audit.suite.sweeps import Sweep
+from audit.suite.sweeps import ExpansionChecker, Sweep
 
 
 def replica_name(name: str, seed: int) -> str:
     """``NAME.seedS``, the replica of ``name`` built with ``seed``."""
     return f"{name}.seed{seed}"
-
-
-class SeedChecker(Protocol):
-    """What replication needs of the suite checker (:mod:`audit.suite.checks`)."""
-
-    members: dict[str, tuple[str, str]]
-
-    def add(self, loc: tuple[str | int, ...], message: str) -> None: ...
 
 
 class SeededSuite(Protocol):
@@ -64,7 +56,7 @@ def _ref_keys(spec: ModelSpec) -> list[str]:
     return keys + model_ref_keys(cls.Params)
 
 
-def expand_seeds(check: SeedChecker, suite: SeededSuite) -> None:
+def expand_seeds(check: ExpansionChecker, suite: SeededSuite) -> None:
     """Replace every intervention model by its replicas, one per seed of ``[suite] seeds``."""
     seeds = suite.file.suite.seeds
     if not seeds:

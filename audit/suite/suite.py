@@ -54,10 +54,8 @@ class Suite:
 
     def base_of(self, name: str) -> str:
         """The model a replica replicates (``NAME`` of ``NAME.seedS``); other names unchanged."""
-        for base, members in self.replicas.items():
-            if name in members:
-                return base
-        return name
+        seed = self.seed_of.get(name)
+        return name if seed is None else name.removesuffix(f".seed{seed}")
 
     @property
     def hash(self) -> str:

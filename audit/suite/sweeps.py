@@ -130,8 +130,9 @@ def _swept_keys(spec: ModelSpec) -> list[str]:
     return swept
 
 
-class SweepChecker(Protocol):
-    """What sweep expansion needs of the suite checker (:mod:`audit.suite.checks`)."""
+class ExpansionChecker(Protocol):
+    """What an expansion of the suite's models (sweeps, controls, seeds) needs of the suite
+    checker (:mod:`audit.suite.checks`): where each added model's table is, and ``add``."""
 
     members: dict[str, tuple[str, str]]
 
@@ -145,7 +146,7 @@ class SweptSuite(Protocol):
     sweeps: dict[str, Sweep]
 
 
-def expand_sweeps(check: SweepChecker, suite: SweptSuite) -> set[str]:
+def expand_sweeps(check: ExpansionChecker, suite: SweptSuite) -> set[str]:
     """Replace each swept table by its members; returns the tables left unexpanded by errors."""
     models: dict[str, ModelSpec] = {}
     broken: set[str] = set()
