@@ -119,6 +119,28 @@ def delta_text(row: Mapping[str, Any]) -> str:
     return " ".join(filter(None, [num(row.get("delta"), signed=True) + mark, interval]))
 
 
+CHANGE = "change after − before [CI]"
+"""The column of a comparison's paired change and its interval."""
+
+
+def comparison_cells(row: Mapping[str, Any], metric: str | None = None) -> dict[str, str]:
+    """A comparison row's cells: model, baseline, relation, metric (``metric`` given: in its
+    place), slice, before, after, the change with its interval, p, n and the test."""
+    return {
+        "model": cell_text(row.get("model")),
+        "baseline": cell_text(row.get("baseline")),
+        "relation": cell_text(row.get("relation")),
+        "metric": cell_text(row.get("metric")) if metric is None else metric,
+        "slice": cell_text(row.get("slice", "all")),
+        "before": num(row.get("before")),
+        "after": num(row.get("after")),
+        CHANGE: delta_text(row),
+        "p": p_text(row.get("p_value")),
+        "n": cell_text(row.get("n")),
+        "test": cell_text(row.get("test")),
+    }
+
+
 def delta_class(row: Mapping[str, Any]) -> str:
     classes = ["delta", delta_direction(row.get("delta"), row.get("higher_is_better", True))]
     if significant(row.get("p_value")):

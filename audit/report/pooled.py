@@ -9,13 +9,13 @@ from markupsafe import Markup
 
 from audit.plugins import ReportSection
 from audit.report.format import (
+    CHANGE,
     cell_text,
     ci_text,
+    comparison_cells,
     delta_class,
-    delta_text,
     html_table,
     num,
-    p_text,
 )
 from audit.results import Results
 
@@ -48,22 +48,11 @@ def pooled_section(results: Results) -> ReportSection | None:
         return None
     rows, classes = [], []
     for c in comparisons:
-        rows.append(
-            {
-                "model": cell_text(c.get("model")),
-                "baseline": cell_text(c.get("baseline")),
-                "relation": cell_text(c.get("relation")),
-                "metric": f"{cell_text(c.get('evaluator'))}.{cell_text(c.get('metric'))}",
-                "before": num(c.get("before")),
-                "after": num(c.get("after")),
-                "change after − before [CI]": delta_text(c),
-                "p": p_text(c.get("p_value")),
-                "n": cell_text(c.get("n")),
-                "test": cell_text(c.get("test")),
-                "change per seed": _per_seed(c.get("per_seed"), "delta", signed=True),
-            }
-        )
-        classes.append({"change after − before [CI]": delta_class(c)})
+        metric = f"{cell_text(c.get('evaluator'))}.{cell_text(c.get('metric'))}"
+        cells = comparison_cells(c, metric)
+        del cells["slice"]  # slice "all" only
+        rows.append({**cells, "change per seed": _per_seed(c.get("per_seed"), "delta", True)})
+        classes.append({CHANGE: delta_class(c)})
     columns = list(rows[0]) if rows else ["model"]
     changes = html_table("pooled-comparisons", columns, rows, classes, empty="No comparisons.")
     values = [

@@ -24,12 +24,14 @@ from audit.plugins import ReportSection
 from audit.report.flips import Drilldown, drilldown, index_samples, value_text
 from audit.report.format import (
     ALPHA,
+    CHANGE,
     DASH,
     MAX_CHARS,
     Row,
     as_float,
     cell_text,
     ci_text,
+    comparison_cells,
     cut,
     delta_class,
     delta_text,
@@ -38,7 +40,6 @@ from audit.report.format import (
     gates_table,
     html_table,
     num,
-    p_text,
     seconds_text,
 )
 from audit.report.page import HERE, SCRIPT, SCRIPT_HASH, jinja_environment, write_page
@@ -155,37 +156,9 @@ def _metric_rows_table(
 
 
 def _comparisons_table(index: int, rows: list[dict[str, Any]]) -> Markup:
-    columns = [
-        "model",
-        "baseline",
-        "relation",
-        "metric",
-        "slice",
-        "before",
-        "after",
-        "change after − before [CI]",
-        "p",
-        "n",
-        "test",
-    ]
-    table, classes = [], []
-    for c in rows:
-        table.append(
-            {
-                "model": cell_text(c.get("model")),
-                "baseline": cell_text(c.get("baseline")),
-                "relation": cell_text(c.get("relation")),
-                "metric": cell_text(c.get("metric")),
-                "slice": cell_text(c.get("slice", "all")),
-                "before": num(c.get("before")),
-                "after": num(c.get("after")),
-                "change after − before [CI]": delta_text(c),
-                "p": p_text(c.get("p_value")),
-                "n": cell_text(c.get("n")),
-                "test": cell_text(c.get("test")),
-            }
-        )
-        classes.append({"change after − before [CI]": delta_class(c)})
+    table = [comparison_cells(c) for c in rows]
+    classes = [{CHANGE: delta_class(c)} for c in rows]
+    columns = list(table[0]) if table else ["model"]
     return html_table(f"e{index}-comparisons", columns, table, classes, empty="No comparisons.")
 
 
