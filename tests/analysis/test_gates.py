@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from suite_files import load
 
 from audit.analysis.gates import (
     NOTHING,
@@ -320,8 +321,7 @@ vs = "a"
 max_drop = 0.1
 of_gain = true
 """
-    (tmp_path / "s.toml").write_text(text)
-    suite = load_suite(tmp_path / "s.toml")
+    suite = load(tmp_path, text)
     plan = Plan(suite, (), (), (), (GateCheck(0, "b", "a"), GateCheck(0, "c", "a")))
 
     def row(model: str, baseline: str, before: float, after: float) -> ComparisonRowT:

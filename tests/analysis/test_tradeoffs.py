@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from suite_files import issues, load
 
 from audit.analysis.tradeoffs import tradeoff_tables
-from audit.suite.checks import SuiteError, load_suite
 
 SUITE = """\
 [suite]
@@ -65,8 +65,7 @@ def _row(model: str, evaluator: str, metric: str, delta: float) -> dict[str, Any
 
 
 def test_points_and_front(tmp_path: Path) -> None:
-    (tmp_path / "s.toml").write_text(SUITE)
-    suite = load_suite(tmp_path / "s.toml")
+    suite = load(tmp_path, SUITE)
     rows = []
     # a: learns 0.3, loses 0.2 refusals; b: learns 0.1, loses 0.3 (dominated by a);
     # c: learns nothing, loses nothing
@@ -90,10 +89,7 @@ def test_tradeoffs_are_validated(tmp_path: Path) -> None:
     bad = SUITE.replace('gain = "tasks.accuracy"', 'gain = "tasks.acuracy"').replace(
         'models = ["a", "b", "c"]', 'models = ["zz"]'
     )
-    (tmp_path / "s.toml").write_text(bad)
-    with pytest.raises(SuiteError) as e:
-        load_suite(tmp_path / "s.toml")
-    text = str(e.value)
+    text = "\n".join(issues(tmp_path, bad))
     assert "tradeoffs[0].gain" in text and "no metric 'acuracy'" in text
     assert "tradeoffs[0].models" in text and "no model matches 'zz'" in text
 
@@ -102,17 +98,10 @@ def test_a_tradeoff_against_a_named_model_gets_its_comparisons(tmp_path: Path) -
     from audit.plan import comparison_pairs
 
     text = SUITE.replace('models = ["a", "b", "c"]', 'models = ["b", "c"]\nvs = "a"')
-    (tmp_path / "s.toml").write_text(text)
-    pairs = {
-        (p.model, p.baseline): p.relation
-        for p in comparison_pairs(load_suite(tmp_path / "s.toml"), ())
-    }
+    pairs = {(p.model, p.baseline): p.relation for p in comparison_pairs(load(tmp_path, text), ())}
     assert pairs[("b", "a")] == "compare" and pairs[("c", "a")] == "compare"
     assert ("a", "a") not in pairs
     seeded = text.replace('name = "t"', 'name = "t"\nseeds = [4, 5]')
-    (tmp_path / "s.toml").write_text(seeded)
-    pairs = {
-        (p.model, p.baseline): p.relation
-        for p in comparison_pairs(load_suite(tmp_path / "s.toml"), ())
-    }
+    suite = load(tmp_path, seeded)
+    pairs = {(p.model, p.baseline): p.relation for p in comparison_pairs(suite, ())}
     assert pairs[("b.seed5", "a.seed5")] == "compare" and ("b.seed5", "a.seed4") not in pairs

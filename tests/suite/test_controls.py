@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from suite_files import issues, load
 
 from audit.plan import comparison_pairs
-from audit.suite.checks import SuiteError, load_suite
-from audit.suite.suite import Suite
 
 SUITE = """\
 [suite]
@@ -49,18 +47,6 @@ kind = "task_accuracy"
 models = ["merged_dam", "realigned"]
 tasks = ["organism:sentiment"]
 """
-
-
-def load(tmp_path: Path, text: str) -> Suite:
-    path = tmp_path / "suite.toml"
-    path.write_text(text)
-    return load_suite(path)
-
-
-def issues(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(SuiteError) as e:
-        load(tmp_path, text)
-    return [str(i) for i in e.value.issues]
 
 
 def test_controls_follow_their_defence(tmp_path: Path) -> None:

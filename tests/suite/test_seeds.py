@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from suite_files import issues, load
 
 from audit.plan import comparison_pairs
-from audit.suite.checks import SuiteError, load_suite
 from audit.suite.pairs import gate_pairs
-from audit.suite.suite import Suite
 
 SUITE = """\
 [suite]
@@ -51,18 +49,6 @@ models = ["agl"]
 vs = "lora"
 max_drop = 0.0
 """
-
-
-def load(tmp_path: Path, text: str) -> Suite:
-    path = tmp_path / "suite.toml"
-    path.write_text(text)
-    return load_suite(path)
-
-
-def issues(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(SuiteError) as e:
-        load(tmp_path, text)
-    return [str(i) for i in e.value.issues]
 
 
 def test_every_intervention_model_is_replicated_per_seed(tmp_path: Path) -> None:

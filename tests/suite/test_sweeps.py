@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from suite_files import issues, load
 
 from audit.analysis.baselines import all_comparisons
 from audit.analysis.gates import evaluate_gates
 from audit.plan import build_plan
 from audit.plugins import EvalResult, MetricRow, Sample
-from audit.suite.checks import SuiteError, load_suite
-from audit.suite.suite import Suite
 from audit.suite.sweeps import Sweep, match_models
 
 BASE = """\
@@ -38,23 +37,6 @@ steps = 100
 kind = "refusal"
 probes = "organism:refusals"
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "suite.toml"
-    path.write_text(text)
-    return path
-
-
-def load(tmp_path: Path, text: str) -> Suite:
-    return load_suite(write(tmp_path, text))
-
-
-def issues(tmp_path: Path, text: str) -> list[str]:
-    path = write(tmp_path, text)
-    with pytest.raises(SuiteError) as e:
-        load_suite(path)
-    return [str(i) for i in e.value.issues]
 
 
 def line(text: str, needle: str, after: str = "") -> int:
