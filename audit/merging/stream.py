@@ -6,6 +6,12 @@ and each contributor's tensor are read from disk, turned into task vectors
 merged tensor ``base + scaling · merged_δ`` (cast back to the base's dtype) is written straight
 into the output safetensors file, whose header is laid out beforehand from the base's header.
 
+Methods with a ``blocked`` attribute (ties, dare_*, magnitude_prune: see
+:class:`audit.merging.tensor_methods.Blocked`) hold even less: for each tensor they see the
+contributors' whole task vectors one at a time (to decide what survives pruning), then the
+merge reads and writes flat blocks of every contributor, so about one tensor is in memory, not
+``N + 1``.
+
 Inputs:
 
 - full checkpoints: safetensors files, single (``model.safetensors``) or sharded
@@ -136,12 +142,29 @@ def _read(entry: _Entry, rows: slice | None = None) -> Tensor:
         start, size = start + rows.start * row_bytes, (rows.stop - rows.start) * row_bytes
     if size == 0:
         return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(_pread(entry.file, start, size), dtype=dtype).reshape(shape)
+
+
+def _read_flat(entry: _Entry, start: int, stop: int) -> Tensor:
+    """Entries ``[start, stop)`` of the flattened tensor, read into private memory."""
+    import torch
+
+    dtype = _torch_dtype(entry.dtype)
+    if stop <= start:
+        return torch.empty(0, dtype=dtype)
+    item = dtype.itemsize
+    return torch.frombuffer(
+        _pread(entry.file, entry.start + start * item, (stop - start) * item), dtype=dtype
+    )
+
+
+def _pread(file: Path, offset: int, size: int) -> bytearray:
     buffer = bytearray(size)
-    with open(entry.file, "rb") as f:
-        f.seek(start)
+    with open(file, "rb") as f:
+        f.seek(offset)
         if f.readinto(buffer) != size:
-            raise MergeError(f"{entry.file} is truncated")
-    return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+            raise MergeError(f"{file} is truncated")
+    return buffer
 
 
 class Checkpoint:
@@ -459,11 +482,13 @@ class PlanDeltas:
                 yield source.read(name).float().sub_(base)
 
     def stacked(self) -> Iterator[tuple[str, list[Tensor]]]:
-        """Every mergeable tensor's task vectors, tensor by tensor."""
+        """Every mergeable tensor's task vectors, tensor by tensor (the consumer should drop
+        them before asking for the next)."""
         for name in self.names:
-            _, deltas = _task_vectors(self.plan, name)
+            deltas = _task_vectors(self.plan, name)[1]  # the base tensor is dropped at once
             if deltas is not None:
                 yield name, deltas
+            del deltas  # not alive while the next tensor's are read
 
 
 def iter_merged(
@@ -481,6 +506,9 @@ def iter_merged(
 
     A method with a ``prepare`` hook (TIES with global trimming) first gets a pass over the
     whole model (:class:`PlanDeltas`); what it returns reaches each call as ``ctx.shared``.
+    A method with a ``blocked`` attribute (ties, dare_*, magnitude_prune; see
+    :class:`audit.merging.tensor_methods.Blocked`) is run in its two steps: each contributor's
+    whole task vector in turn, then flat blocks read from disk (:func:`_merge_flat`).
     """
     if len(weights) != len(plan.contributors):
         raise MergeError(f"{len(plan.contributors)} contributors but {len(weights)} weights")
@@ -488,12 +516,18 @@ def iter_merged(
     stats.tied = list(plan.tied)
     total = len(plan.names)
     elementwise = bool(getattr(method, "elementwise", False))
+    blocked = getattr(method, "blocked", None)
+    if blocked is not None and not blocked.applies(options):
+        blocked = None
     prepare = getattr(method, "prepare", None)
     shared = prepare(PlanDeltas(plan), options) if prepare is not None else None
     for index, name in enumerate(plan.names):
         ctx = TensorContext(name=name, seed=seed, index=index, shared=shared)
         blocks = _row_blocks(plan.base.entries[name]) if elementwise else [None]
-        if len(blocks) == 1:
+        if blocked is not None and _flat_blocks_exact(plan, name):
+            merged = _merge_flat(plan, name, blocked, weights, ctx, options, scaling)
+            copied = False
+        elif len(blocks) == 1:
             merged, copied = _merge_block(plan, name, None, method, weights, ctx, options, scaling)
         else:
             import torch
@@ -549,6 +583,89 @@ def _merge_block(
     if scaling != 1.0:
         delta.mul_(scaling)
     return delta.add_(base.float()).to(base.dtype), False
+
+
+def _flat_blocks_exact(plan: MergePlan, name: str) -> bool:
+    """Whether ``name``'s task vectors read in flat blocks are the whole tensors' entries: a
+    mergeable tensor (see :func:`_task_vectors`) that no LoRA adapter adapts with ``B @ A``
+    (a product's blocks may round differently from the whole product's)."""
+    import math
+
+    if not _mergeable(plan, name) or math.prod(plan.base.entries[name].shape) == 0:
+        return False
+    return not any(isinstance(c, LoraAdapter) and name in c.lora for c in plan.contributors)
+
+
+def _delta(
+    contributor: Checkpoint | LoraAdapter, name: str, base32: Tensor, flat: slice | None = None
+) -> Tensor:
+    """One contributor's task vector for ``name`` (entries ``flat`` of the flattened tensor when
+    given; ``base32`` is then those entries of the base), as :func:`_task_vectors` computes it."""
+    import torch
+
+    if isinstance(contributor, LoraAdapter):
+        if flat is None:
+            return contributor.delta(name, base32)
+        if name in contributor.full:
+            entry = contributor.tensors.entries[contributor.full[name]]
+            return _read_flat(entry, flat.start, flat.stop).float() - base32
+        return torch.zeros(base32.shape, dtype=torch.float32)
+    if flat is None:
+        theta = contributor.read(name)
+    else:
+        theta = _read_flat(contributor.entries[name], flat.start, flat.stop)
+    if theta.dtype == base32.dtype:  # a private buffer: subtract in place
+        return theta.sub_(base32)
+    return theta.float() - base32
+
+
+def _merge_flat(
+    plan: MergePlan,
+    name: str,
+    blocked: Any,
+    weights: Sequence[float],
+    ctx: TensorContext,
+    options: Any,
+    scaling: float,
+) -> Tensor:
+    """A mergeable tensor through a method's two steps (``method.blocked``).
+
+    Step 1 gets the contributors' whole flat task vectors one at a time (the base is read again
+    for each, so that one task vector is in memory while the method works on it, which it may
+    overwrite); step 2 reads blocks of ``blocked.block`` entries of the base and every
+    contributor. Each block's result becomes ``base + scaling · merged`` as in
+    :func:`_merge_block`, so the tensor is the same bits as the whole-tensor call's.
+    """
+    import math
+
+    import torch
+
+    entry = plan.base.entries[name]
+    numel = math.prod(entry.shape)
+    dtype = _torch_dtype(entry.dtype)
+
+    def whole() -> Iterator[Tensor]:
+        for contributor in plan.contributors:
+            base32 = plan.base.read(name).float()
+            delta = _delta(contributor, name, base32).reshape(-1)
+            del base32
+            yield delta
+            del delta
+
+    state = blocked.prepare(numel, whole(), list(weights), ctx, options, consumable=True)
+    merged = torch.empty(numel, dtype=dtype)
+    for start in range(0, numel, blocked.block):
+        rows = slice(start, min(start + blocked.block, numel))
+        base32 = _read_flat(entry, rows.start, rows.stop).float()
+        deltas = [_delta(c, name, base32, rows) for c in plan.contributors]
+        part = blocked.rows(deltas, start, list(weights), ctx, options, state)
+        del deltas
+        if scaling != 1.0:
+            part.mul_(scaling)
+        merged[rows] = part.add_(base32).to(dtype)
+        del part, base32
+    del state
+    return merged.reshape(entry.shape)
 
 
 def merge_state_dict(
