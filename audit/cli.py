@@ -257,6 +257,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 for m in metrics:
                     arrow = "↑" if m.higher_is_better else "↓"
                     _out.print(f"      {arrow} {escape(m.name)}: {escape(m.description)}")
+            if reg.kind == "judge":
+                _out.print(f"      {escape(_judge_calibration(info.name))}")
             if getattr(args, "params", False):
                 try:
                     fields = reg.get(info.name).Params.model_fields
@@ -269,6 +271,16 @@ def cmd_list(args: argparse.Namespace) -> int:
                     kind = _type_name(finfo.annotation)
                     _out.print(f"      {escape(key)}: {escape(kind)} {escape(default)}")
     return EXIT_OK
+
+
+def _judge_calibration(name: str) -> str:
+    """A judge's agreement with the shipped calibration set's labels (held-out third)."""
+    from audit.judges.calibration import judge_calibration_row
+
+    try:
+        return str(judge_calibration_row("", name, {})["summary"])
+    except Exception as e:  # a broken plug-in or data file should not hide the others
+        return f"calibration: cannot measure ({type(e).__name__}: {e})"
 
 
 def _type_name(annotation: Any) -> str:

@@ -44,10 +44,16 @@ def data_fingerprints(params: Params | None, suite_dir: Path, hash_cache: Path) 
         return {}
     from audit.suite.refs import data_refs
 
-    specs = {spec for _, spec, _ in data_refs(params) if isinstance(spec, str)}
-    specs |= set(_strings(params.model_dump(mode="json")))
+    data = {spec for _, spec, _ in data_refs(params) if isinstance(spec, str)}
+    specs = data | set(_strings(params.model_dump(mode="json")))
     out: dict[str, str] = {}
     for spec in sorted(specs):
+        if spec.startswith("hf:"):  # a data set read through `datasets` (not a model id)
+            from audit.data.hub import hf_data_digest
+
+            if spec in data:
+                out[spec] = hf_data_digest(spec, suite_dir=suite_dir)
+            continue
         digest = _fingerprint(spec, suite_dir, hash_cache)
         if digest is not None:
             out[spec] = digest

@@ -44,19 +44,28 @@ class ModelStep:
     inputs: tuple[str, ...]
     spec: ModelSpec
     params: Params | None
-    resolved: Path | None = None  # the checkpoint directory of an hf:/path: source
+    resolved: Path | None = None  # the checkpoint directory of an hf:/path: source, or GGUF file
     plugin: Any = field(default=None, compare=False)
     """The intervention class (resolved once, while planning); ``None`` for a loaded model."""
+    checkpoint_key: str | None = None
+    """The store key of the checkpoint itself, when ``key`` also names how it is loaded
+    (``dtype`` / ``device_map``): the organism or a GGUF conversion is built once either way."""
 
     @property
     def id(self) -> str:
         return f"model:{self.name}"
 
     @property
+    def store_key(self) -> str:
+        """The key of the model's entry in the store."""
+        return self.checkpoint_key or self.key
+
+    @property
     def kind(self) -> str:
         if self.spec.source is None:
             return "intervene"
-        return "organism" if self.spec.source.startswith("organism:") else "load"
+        scheme = self.spec.source.partition(":")[0]
+        return scheme if scheme in ("organism", "gguf") else "load"
 
 
 @dataclass(frozen=True)
@@ -132,17 +141,36 @@ def organism_key(name: str) -> str:
     return step_key("organism", name=name, config=config_key(OrganismConfig()))
 
 
-def _load_key(spec: ModelSpec, directory: Path | None, suite: Suite, hash_cache: Path) -> str:
+def _load_key(
+    spec: ModelSpec, directory: Path | None, suite: Suite, hash_cache: Path
+) -> tuple[str, str | None]:
+    """(the model's key, its checkpoint's store key when that differs)."""
+    key = _checkpoint_key(spec, directory, suite, hash_cache)
+    # how the weights are loaded changes every number computed on them; without these keys a
+    # model's key is what it was before they existed
+    loading = {k: v for k in ("dtype", "device_map") if (v := getattr(spec, k)) is not None}
+    return (step_key("loaded", checkpoint=key, **loading), key) if loading else (key, None)
+
+
+def _checkpoint_key(spec: ModelSpec, directory: Path | None, suite: Suite, hash_cache: Path) -> str:
     source = spec.source or ""
     flags = {"allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
     if directory is None:
         return organism_key(source[len("organism:") :])
+    if source.startswith("gguf:"):
+        from audit.models.gguf import CONVERTER_VERSION
+        from audit.models.hashing import hash_file
+
+        cache_file = hash_cache / f"{_path_digest(directory)}.json"
+        digest = hash_file(directory, cache_file=cache_file)
+        return step_key("gguf", content=digest, converter=CONVERTER_VERSION)
     content = content_hash(directory, suite.dir, hash_cache, within=_checkpoint_roots(suite))
     return step_key("load", content=content, **flags)
 
 
 def vet_sources(suite: Suite) -> dict[str, Path]:
-    """The checkpoint directory of every ``path:``/``hf:`` model, each vetted before any read.
+    """The checkpoint directory of every ``path:``/``hf:`` model, each vetted before any read,
+    and the file of every ``gguf:`` model (with the ``gguf`` package checked for).
 
     Raises :class:`~audit.models.loading.UnsafeCheckpointError` or
     :class:`~audit.models.loading.CheckpointNotFoundError` for the first checkpoint (or adapter
@@ -157,6 +185,12 @@ def vet_sources(suite: Suite) -> dict[str, Path]:
         spec = suite.file.models[name]
         source = spec.source or ""
         if not source or source.startswith("organism:"):
+            continue
+        if source.startswith("gguf:"):
+            from audit.models.gguf import require_gguf, resolve_gguf
+
+            out[name] = resolve_gguf(source[len("gguf:") :], suite_dir=suite.dir)
+            require_gguf()
             continue
         directory = resolve_source(source, suite_dir=suite.dir)
         vet_checkpoint(
@@ -196,14 +230,17 @@ def content_hash(
     from audit.models.hashing import hash_directory
     from audit.models.loading import adapter_base, is_peft_adapter
 
-    cache_file = (
-        hash_cache / f"{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:24]}.json"
-    )
+    cache_file = hash_cache / f"{_path_digest(directory)}.json"
     hashes = [hash_directory(directory, cache_file=cache_file)]
     if is_peft_adapter(directory):
         base = adapter_base(directory, suite_dir, within=within)
         hashes += content_hash(base, suite_dir, hash_cache, within=within)
     return hashes
+
+
+def _path_digest(path: Path) -> str:
+    """A short file name for ``path``'s hash cache."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
 
 
 def _as_written(value: Any, suite: Suite) -> Any:
@@ -233,8 +270,9 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
         params = suite.model_params.get(name)
         inputs = tuple(suite.dependencies(name))
         resolved = directories.get(name)
+        checkpoint_key = None
         if spec.source is not None:
-            key = _load_key(spec, resolved, suite, hash_cache)
+            key, checkpoint_key = _load_key(spec, resolved, suite, hash_cache)
         else:
             assert spec.intervention is not None
             cls = registry.interventions.get(spec.intervention)
@@ -253,7 +291,18 @@ def build_plan(suite: Suite, hash_cache: Path, *, vetted: dict[str, Path] | None
             )
         keys[name] = key
         plugin = None if spec.source is not None else cls
-        models.append(ModelStep(name, key, inputs, spec, params, resolved, plugin=plugin))
+        models.append(
+            ModelStep(
+                name,
+                key,
+                inputs,
+                spec,
+                params,
+                resolved,
+                plugin=plugin,
+                checkpoint_key=checkpoint_key,
+            )
+        )
     classes = {e.kind: registry.evaluators.get(e.kind) for e in suite.file.evaluators.values()}
     evals: list[EvalStep] = []
     for step in models:

@@ -194,6 +194,11 @@ class Runner:
         def build(tmp: Path) -> dict[str, Any]:
             if step.kind == "load":
                 return {"path": str(step.resolved)}
+            if step.kind == "gguf":
+                from audit.models.gguf import convert_gguf
+
+                assert step.resolved is not None
+                return {"converted": convert_gguf(step.resolved, tmp / "model")}
             if step.kind == "organism":
                 from audit.organism.build import build_organism
 
@@ -228,6 +233,8 @@ class Runner:
             trust_remote_code=step.spec.trust_remote_code,
             suite_dir=self.plan.suite.dir,
             device=self.device,
+            dtype=step.spec.dtype,
+            device_map=step.spec.device_map,
         )
 
     def _eval(self, step: EvalStep) -> None:
@@ -271,11 +278,11 @@ class Runner:
                 self.progress.skip(1 + len(self.plan.evals_of(step.name)))
                 done.add(step.name)
                 continue
-            entry = self._run_step(record, step.key, self._build_model(step))
+            entry = self._run_step(record, step.store_key, self._build_model(step))
             self.outcome.model_status[step.name] = record.status
             if entry is not None:
                 self.handles[step.name] = self._handle(step, entry)
-                info = self.store.meta(step.key).get("training")
+                info = self.store.meta(step.store_key).get("training")
                 if info:
                     self.outcome.model_info[step.name] = info
                 for ev in self.plan.evals_of(step.name):

@@ -1,7 +1,11 @@
-"""Data sets named in suites: ``path:FILE.jsonl``, ``organism:NAME`` or a shipped set's name.
+"""Data sets named in suites: ``path:FILE.jsonl``, ``organism:NAME``, ``hf:SOURCE`` or a shipped
+set's name.
 
-Every data set is a jsonl file of flat records validated with pydantic; a malformed line is a
-:class:`DataError` naming the file and the line. Record shapes:
+A data set is a jsonl file of flat records validated with pydantic; a malformed line is a
+:class:`DataError` naming the file and the line. ``hf:`` sets (:mod:`audit.data.hub`) are read
+through ``datasets`` from local files or the local Hugging Face cache and converted from the
+public safety sets' own columns (:mod:`audit.data.converters`); a row that does not fit is a
+:class:`DataError` naming the spec and the row. Record shapes:
 
 - :class:`PairRecord` (``id``, ``prompt``, ``response``): fine-tuning data and task items;
 - :class:`ProbeRecord` (``id``, ``prompt``, ``label`` = unsafe | safe | borderline,
@@ -71,8 +75,9 @@ def shipped_names() -> list[str]:
 
 
 def resolve_path(spec: str, *, suite_dir: Path) -> Path | None:
-    """The file a ``path:`` or shipped-name spec points to (``None`` for ``organism:``)."""
-    if spec.startswith("organism:"):
+    """The file a ``path:`` or shipped-name spec points to (``None`` for ``organism:`` and
+    ``hf:``, which name no jsonl file)."""
+    if spec.startswith(("organism:", "hf:")):
         return None
     if spec.startswith("path:"):
         path = Path(spec[len("path:") :])
@@ -85,8 +90,8 @@ def resolve_path(spec: str, *, suite_dir: Path) -> Path | None:
         return Path(str(resources.files("audit.data") / f"{spec}.jsonl"))
     known = ", ".join(shipped_names()) or "none"
     raise DataError(
-        f"unknown data set {spec!r}: use 'path:FILE.jsonl', 'organism:NAME' or a shipped set "
-        f"({known})"
+        f"unknown data set {spec!r}: use 'path:FILE.jsonl', 'organism:NAME', 'hf:SOURCE' or a "
+        f"shipped set ({known})"
     )
 
 
@@ -168,8 +173,11 @@ def load_records(spec: str, shape: type[R], *, suite_dir: Path, split: Split = "
     """Load the data set ``spec`` as records of ``shape``.
 
     ``split`` matters for ``organism:`` sets only: interventions train on ``train``, evaluators
-    score ``eval`` (held-out templates and slots). User files are used whole.
+    score ``eval`` (held-out templates and slots). User files are used whole; an ``hf:`` spec
+    names its own split (``?split=NAME``).
     """
+    if spec.startswith("hf:"):
+        return read_hf(spec, shape, suite_dir=suite_dir)
     path = resolve_path(spec, suite_dir=suite_dir)
     if path is None:
         from audit.organism.datasets import organism_records
@@ -177,3 +185,41 @@ def load_records(spec: str, shape: type[R], *, suite_dir: Path, split: Split = "
         rows = organism_records(spec[len("organism:") :], split=split)
         return [shape.model_validate(r) for r in rows]
     return read_jsonl(path, shape)
+
+
+def read_hf(spec: str, shape: type[R], *, suite_dir: Path) -> list[R]:
+    """Read and validate an ``hf:`` data set (:mod:`audit.data.hub`) as records of ``shape``.
+
+    Any problem is a :class:`DataError` naming the spec: its syntax, data missing from the
+    local files or cache (the hub is never contacted), a row that does not fit its format or
+    ``shape`` (1-based row of the split), a duplicate id.
+    """
+    from audit.data.hub import HfDataError, hf_rows
+
+    fields = list(shape.model_fields)
+    required = [name for name, info in shape.model_fields.items() if info.is_required()]
+    try:
+        rows = hf_rows(
+            spec,
+            suite_dir=suite_dir,
+            fields=fields,
+            required=required,
+            probes=issubclass(shape, ProbeRecord),
+        )
+    except HfDataError as e:
+        raise DataError(str(e)) from None
+    records: list[R] = []
+    seen: dict[str, int] = {}
+    for n, row in enumerate(rows, start=1):
+        try:
+            record = shape.model_validate(row)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "record"
+            raise DataError(f"{spec}: row {n}: {where}: {err['msg']}") from None
+        rid = str(getattr(record, "id", n))
+        if rid in seen:
+            raise DataError(f"{spec}: row {n}: duplicate id {rid!r} (also row {seen[rid]})")
+        seen[rid] = n
+        records.append(record)
+    return records

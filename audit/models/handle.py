@@ -24,6 +24,10 @@ class ModelHandle:
     trust_remote_code: bool = False
     suite_dir: Path | None = None
     device: str = "cpu"
+    dtype: str | None = None
+    """``torch_dtype`` for loading (``None``: transformers' default; ``"auto"``: as saved)."""
+    device_map: str | None = None
+    """accelerate's ``device_map`` (e.g. ``"auto"``); the model is then not moved to ``device``."""
     _loaded: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
     def _load(self) -> tuple[Any, Any]:
@@ -36,9 +40,11 @@ class ModelHandle:
                 allow_pickle=self.allow_pickle,
                 trust_remote_code=self.trust_remote_code,
                 suite_dir=self.suite_dir,
+                dtype=self.dtype,
+                device_map=self.device_map,
             )
             check_finite(loaded[0], f"model {self.name!r} ({self.path})")
-            if self.device != "cpu":
+            if self.device != "cpu" and self.device_map is None:
                 loaded[0].to(self.device)
             self._loaded = loaded
         return self._loaded

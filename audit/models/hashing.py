@@ -15,7 +15,7 @@ from typing import Any
 from audit.files import atomic_write_text
 from audit.models.loading import CheckpointNotFoundError
 
-__all__ = ["hash_directory"]
+__all__ = ["hash_directory", "hash_file"]
 
 _CHUNK = 1 << 20
 _RACY_NS = 2_000_000_000
@@ -64,6 +64,31 @@ def hash_directory(directory: Path, *, cache_file: Path | None = None) -> str:
     if cache_path is not None and (changed or fresh.keys() != cached.keys()):
         _write_hash_cache(cache_path, resolved_root, fresh)
     return digest.hexdigest()
+
+
+def hash_file(path: Path, *, cache_file: Path | None = None) -> str:
+    """SHA-256 of one file's contents, cached like :func:`hash_directory`'s per-file digests."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"Cannot hash {path}: not a file.")
+    resolved = str(path.resolve())
+    cache_path = Path(cache_file).resolve() if cache_file is not None else None
+    cached = _read_hash_cache(cache_path, resolved).get(path.name)
+    stat = path.stat()
+    identity = _stat_identity(stat)
+    if (
+        cached is not None
+        and all(cached.get(k) == v for k, v in identity.items())
+        and isinstance(cached.get("sha256"), str)
+    ):
+        return str(cached["sha256"])
+    digest = _file_digest(path)
+    if (
+        cache_path is not None
+        and time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > _RACY_NS
+    ):
+        _write_hash_cache(cache_path, resolved, {path.name: {**identity, "sha256": digest}})
+    return digest
 
 
 def _stat_identity(stat: os.stat_result) -> dict[str, int]:

@@ -93,7 +93,8 @@ def resolve_source(source: str, *, suite_dir: Path) -> Path:
             "from disk; resolve_source only handles 'path:' and 'hf:'."
         )
     raise ValueError(
-        f"Model source {source!r} has unknown scheme {scheme!r}; use 'path:', 'hf:' or 'organism:'."
+        f"Model source {source!r} has unknown scheme {scheme!r}; use 'path:', 'hf:', 'gguf:' or "
+        "'organism:'."
     )
 
 
@@ -295,8 +296,13 @@ def load_checkpoint(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     suite_dir: Path | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a checkpoint or PEFT adapter directory, in eval mode.
+
+    ``dtype`` (``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"``) and ``device_map``
+    pass to ``from_pretrained`` (``None``: transformers' defaults).
 
     The directory is vetted by :func:`check_checkpoint` first. A PEFT adapter is applied to its
     base model (``base_model_name_or_path`` of ``adapter_config.json``: a directory, relative to
@@ -309,6 +315,7 @@ def load_checkpoint(
         trust_remote_code=trust_remote_code,
         suite_dir=suite_dir,
         depth=0,
+        options={k: v for k, v in (("dtype", dtype), ("device_map", device_map)) if v},
     )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -326,10 +333,11 @@ def _load(
     trust_remote_code: bool,
     suite_dir: Path | None,
     depth: int,
+    options: dict[str, str],
 ) -> tuple[Any, Any]:
     check_checkpoint(directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if not is_peft_adapter(directory):
-        model = _load_model(directory, trust_remote_code=trust_remote_code)
+        model = _load_model(directory, trust_remote_code=trust_remote_code, options=options)
         return model, _load_tokenizer(directory, trust_remote_code=trust_remote_code)
 
     if depth >= _MAX_ADAPTER_DEPTH:
@@ -344,6 +352,7 @@ def _load(
         trust_remote_code=trust_remote_code,
         suite_dir=suite_dir,
         depth=depth + 1,
+        options=options,
     )
     model = _apply_adapter(base, directory)
     if any((directory / name).is_file() for name in _TOKENIZER_FILES):
@@ -351,8 +360,11 @@ def _load(
     return model, base_tokenizer
 
 
-def _load_model(directory: Path, *, trust_remote_code: bool) -> Any:
-    """A causal LM from a full checkpoint directory; pickles only through weights-only loading."""
+def _load_model(
+    directory: Path, *, trust_remote_code: bool, options: dict[str, str] | None = None
+) -> Any:
+    """A causal LM from a full checkpoint directory; pickles only through weights-only loading.
+    ``options``: ``dtype`` / ``device_map`` for ``from_pretrained``."""
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     has_safetensors = any(
@@ -378,6 +390,7 @@ def _load_model(directory: Path, *, trust_remote_code: bool) -> Any:
             weights_only=True,
             trust_remote_code=trust_remote_code,
             local_files_only=True,
+            **(options or {}),
         )
     return model
 

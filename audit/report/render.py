@@ -172,6 +172,18 @@ class _EvaluatorSection:
     comparisons: Markup
     flips: Drilldown
     figures: list[Any]
+    judge: str | None = None
+    """How far the evaluator's judge agrees with people on real replies (when it has one)."""
+
+
+def _judge_note(results: Results, evaluator: str) -> str | None:
+    """What results.json's ``analyses["judge_calibration"]`` says of the judge an evaluator
+    used: its agreement with people on real replies (an evaluator's ``analyze`` hook writes
+    it, e.g. :meth:`audit.evaluators.refusal.RefusalEvaluator.analyze`)."""
+    for row in results.analyses.get("judge_calibration", []):
+        if isinstance(row, Mapping) and row.get("evaluator") == evaluator:
+            return cell_text(row.get("summary"))
+    return None
 
 
 def _evaluator_sections(
@@ -200,6 +212,7 @@ def _evaluator_sections(
                 comparisons=_comparisons_table(i, comparisons),
                 flips=drilldown(i, results, name, metrics, index, limit),
                 figures=_figures(results, name, kind),
+                judge=_judge_note(results, name),
             )
         )
     return sections

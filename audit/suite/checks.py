@@ -190,6 +190,14 @@ def _check_sources(check: _Checker, name: str, spec: ModelSpec) -> None:
         check.add(loc, "give either `source` (load a checkpoint) or `intervention`, not both")
     elif spec.source is None and spec.intervention is None:
         check.add(loc, "give `source` (load a checkpoint) or `intervention` (build from models)")
+    if spec.source is None:
+        for key in ("dtype", "device_map"):
+            if getattr(spec, key) is not None:
+                check.add(
+                    (*loc, key),
+                    f"`{key}` applies to a loaded model (`source`); a built model inherits its "
+                    "inputs' weights as loaded",
+                )
     if spec.source is not None:
         if not spec.source.startswith(SOURCE_SCHEMES):
             check.add(
@@ -225,6 +233,10 @@ def _source_problem(source: str) -> str | None:
         from audit.models.loading import hub_id_problem
 
         return hub_id_problem(rest)
+    if scheme == "gguf":
+        from audit.models.gguf import gguf_problem
+
+        return gguf_problem(rest)
     if not rest or "\0" in rest:
         return f"{source!r} names no directory after 'path:'"
     return None
@@ -277,6 +289,7 @@ def _check_data(
         PairRecord,
         PreferenceRecord,
         ProbeRecord,
+        read_hf,
         read_jsonl,
         resolve_path,
     )
@@ -295,16 +308,24 @@ def _check_data(
         return
     try:
         path = resolve_path(spec, suite_dir=base)
-        if path is not None:
-            try:
-                read_jsonl(path, ProbeRecord if shape == "probe" else PairRecord)
-            except DataError as pair_error:
-                if shape != "safety":
-                    raise
-                try:  # a preference file (prompt, chosen, rejected) is fine here too
-                    read_jsonl(path, PreferenceRecord)
-                except DataError:
-                    raise pair_error from None
+
+        def read(record: type[PairRecord | ProbeRecord | PreferenceRecord]) -> None:
+            # an hf: spec is read (offline) and converted here too, so its syntax, a data set
+            # missing from the local cache or a row that does not fit shows at the suite line
+            if spec.startswith("hf:"):
+                read_hf(spec, record, suite_dir=base)
+            elif path is not None:
+                read_jsonl(path, record)
+
+        try:
+            read(ProbeRecord if shape == "probe" else PairRecord)
+        except DataError as pair_error:
+            if shape != "safety":
+                raise
+            try:  # a preference file (prompt, chosen, rejected) is fine here too
+                read(PreferenceRecord)
+            except DataError:
+                raise pair_error from None
     except DataError as e:
         check.add(loc, str(e))
 

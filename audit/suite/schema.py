@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from audit import registry
 from audit.registry import PluginError
 
-SOURCE_SCHEMES = ("hf:", "path:", "organism:")
+SOURCE_SCHEMES = ("hf:", "path:", "organism:", "gguf:")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 EVALUATOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")  # "EVALUATOR.METRIC" splits at '.'
 MAX_NAME_CHARS = 100
@@ -104,7 +104,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     source: str | None = Field(
-        None, description='"hf:ID[@REVISION]", "path:DIR" or "organism:NAME".'
+        None,
+        description='"hf:ID[@REVISION]", "path:DIR", "gguf:FILE.gguf", '
+        '"gguf:pkg:PACKAGE/FILE.gguf" or "organism:NAME".',
     )
     from_: str | Annotated[list[str], Field(min_length=1)] | None = Field(
         None, alias="from", description="Parent model(s)."
@@ -115,6 +117,17 @@ class ModelSpec(BaseModel):
     intervention: str | None = Field(None, description="The intervention plug-in to apply.")
     allow_pickle: bool = Field(False, description="Allow pickle weights (weights_only loading).")
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's custom code.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="Load a checkpoint's weights in this dtype (default: as transformers "
+        "loads it; 'auto': the dtype the checkpoint was saved in). Models built from it inherit "
+        "the weights as loaded.",
+    )
+    device_map: str | None = Field(
+        None,
+        description="Place a checkpoint across devices with accelerate (e.g. 'auto'); "
+        "overrides --device for this model.",
+    )
     compare: list[str] | None = Field(
         None,
         description="Other models to compare this one with (paired, in the report and for "

@@ -540,3 +540,14 @@ def test_hash_directory_ignores_cache_file_inside(tiny_checkpoint: Path, tmp_pat
     assert hash_directory(directory, cache_file=directory / "hashes.json") == expected
     assert (directory / "hashes.json").is_file()
     assert hash_directory(directory, cache_file=directory / "hashes.json") == expected
+
+
+def test_a_checkpoint_loads_in_the_dtype_asked_for(tiny_checkpoint: Path) -> None:
+    import torch
+
+    from audit.models.loading import load_checkpoint
+
+    model, _ = load_checkpoint(tiny_checkpoint, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model, _ = load_checkpoint(tiny_checkpoint)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
