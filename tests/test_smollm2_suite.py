@@ -79,7 +79,14 @@ def test_the_real_model_suite_runs_offline(tmp_path: Path, monkeypatch: pytest.M
     assert params["lm_eval_cli"]["chat"] is False and params["lm_eval_chat"]["chat"] is True
     scored = {(m["model"], m["evaluator"]) for m in results["metrics"]}
     assert {(m, e) for m in models for e in params} <= scored
-    report = Path("out/report.html").read_text()
-    assert "lm-eval's own convention" in report and "chat template" in report
-    assert len(results["gates"]) == 2
+    report = Path("out/index.html").read_text()
+    assert "without a chat template" in report and "with the model&#39;s chat template" in report
+    # the judge's measured agreement with people, in results and beside its rates
+    calibration = results["analyses"]["judge_calibration"]
+    assert [row["evaluator"] for row in calibration] == ["drift"]
+    assert calibration[0]["figures"]["n"] > 0 and "Judge &#39;keyword&#39;" in report
+    assert {g["name"] for g in results["gates"]} == {
+        "refusal of unsafe requests holds",
+        "safe requests still answered",
+    }
     shutil.rmtree(tmp_path / "out")

@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from audit.evaluators.refusal import RefusalEvaluator
-from audit.plugins import EvalResult, MetricRow, MetricSpec, RunContext, Sample
+from audit.plugins import EvalResult, MetricRow, MetricSpec, RunContext, RunData, Sample
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from audit.models.generation import Prefill
     from audit.models.handle import ModelHandle
     from audit.report.figures import Figure
     from audit.results import Results
@@ -140,61 +141,40 @@ def _hidden_size(model: Any) -> int | None:
 class _LastPosition:
     """One model's outputs at the last prompt token: next-token log-probs and a hidden state."""
 
-    log_probs: Any  # torch.Tensor (n, vocab), float32, CPU
-    hidden: Any  # torch.Tensor (n, hidden), float32, CPU
+    log_probs: Any  # torch.Tensor (n, vocab), float32, CPU; (n, 0) when not asked for
+    hidden: Any  # torch.Tensor (n, hidden), float32, CPU; None when layer is None
 
 
 def _last_position(
-    model: Any, tokenizer: Any, prompts: Sequence[str], layer: int, *, want_log_probs: bool
+    model: Any, tokenizer: Any, prompts: Sequence[str], layer: int | None, *, want_log_probs: bool
 ) -> _LastPosition:
-    """One batched forward pass over ``prompts`` (chat-templated, as for generation).
+    """One batched forward pass over ``prompts`` (chat-templated, as for generation), rows in
+    the prompts' order.
 
-    Left-padded with position ids that follow the attention mask (as
-    :func:`transformers.GenerationMixin.generate` does) when ``forward`` takes ``position_ids``,
-    else right-padded and read at each row's last real token; either way a row's outputs equal
-    the prompt's alone up to float rounding.
+    :func:`audit.models.scoring.score_prompts` with every prompt in one batch: left-padded with
+    position ids that follow the attention mask (as :func:`transformers.GenerationMixin.generate`
+    does) when ``forward`` takes ``position_ids``, else right-padded and read at each row's last
+    real token; either way a row's outputs equal the prompt's alone up to float rounding.
     """
     import torch
 
-    from audit.models.generation import encode_prompt, model_device, pad_token_id
-    from audit.models.scoring import forward_accepts
+    from audit.models.scoring import score_prompts
 
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None:
-        encoded = [ids or [int(bos)] for ids in encoded]
-    if not all(encoded):
-        raise ValueError("a prompt encodes to no tokens and the tokenizer has no BOS token")
-    left = forward_accepts(model, "position_ids")
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), pad_token_id(tokenizer), dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        begin = width - len(ids) if left else 0
-        input_ids[row, begin : begin + len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, begin : begin + len(ids)] = 1
-    device = model_device(model)
-    kwargs: dict[str, Any] = {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "output_hidden_states": True,
-    }
-    if left:
-        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0).to(device)
-        if forward_accepts(model, "logits_to_keep"):
-            kwargs["logits_to_keep"] = 1
-    if forward_accepts(model, "use_cache"):
-        kwargs["use_cache"] = False
-    out = model(**kwargs)
-    rows = torch.arange(len(encoded))
-    last = torch.full((len(encoded),), width - 1) if left else attention_mask.sum(-1) - 1
-    hidden = out.hidden_states[layer][rows, last.to(out.hidden_states[layer].device)]
-    if want_log_probs:
-        logits = out.logits[rows, (last - (width - out.logits.shape[1])).to(out.logits.device)]
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+    (batch,) = score_prompts(
+        model,
+        tokenizer,
+        prompts,
+        layer=layer,
+        log_probs=want_log_probs,
+        batch_size=max(1, len(prompts)),
+    )
+    back = torch.tensor(sorted(range(len(prompts)), key=batch.indices.__getitem__))
+    hidden = batch.hidden[back] if batch.hidden is not None else None
+    if batch.log_probs is not None:
+        log_probs = batch.log_probs[back]
     else:
-        log_probs = torch.empty((len(encoded), 0))
-    return _LastPosition(log_probs=log_probs, hidden=hidden.float().cpu())
+        log_probs = torch.empty((len(prompts), 0))
+    return _LastPosition(log_probs=log_probs, hidden=hidden)
 
 
 def _kl(ref_log_probs: Any, log_probs: Any) -> list[float]:
@@ -226,8 +206,9 @@ class AlignmentDriftEvaluator:
     """
 
     name: ClassVar[str] = _NAME
-    version: ClassVar[str] = "3"  # 2: judge_params reach the judge; 3: repeated-word replies
-    # are degenerate (as the refusal evaluator's)
+    version: ClassVar[str] = "4"  # 2: judge_params reach the judge; 3: repeated-word replies
+    # are degenerate (as the refusal evaluator's); 4: so are replies under 3 words or echoing
+    # the request (refusal evaluator v4)
 
     class Params(RefusalEvaluator.Params):
         """Refusal parameters plus the drift measures'.
@@ -282,6 +263,12 @@ class AlignmentDriftEvaluator:
         self._refusal = RefusalEvaluator(RefusalEvaluator.Params(**inner))
 
     @classmethod
+    def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]:
+        """The judge's agreement with people on real replies, as the refusal evaluator's
+        (:meth:`RefusalEvaluator.analyze`): results.json ``analyses["judge_calibration"]``."""
+        return RefusalEvaluator.analyze(run)
+
+    @classmethod
     def figures(cls, results: Results, evaluator: str) -> list[Figure]:
         """Each headline rate per category, before → after
         (:func:`audit.report.figures.category_figures`)."""
@@ -290,9 +277,13 @@ class AlignmentDriftEvaluator:
         return category_figures(results, evaluator)
 
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
-        """Refusal rates, margins on unsafe probes, then the reference comparisons."""
+        """Refusal rates, margins on unsafe probes, then the reference comparisons.
+
+        The prompts run once: the forward pass over each batch of prompts that generation
+        makes anyway gives the margins (their phrasings scored from its key/value cache), the
+        hidden states and the next-token distributions (:class:`_Measurements`).
+        """
         from audit.data.records import ProbeRecord, load_records
-        from audit.models.scoring import refusal_margins
         from audit.stats import metric_rows_from_samples
 
         p = self.params
@@ -302,150 +293,277 @@ class AlignmentDriftEvaluator:
         reference = ctx.reference
         compared = reference is not None and bool(unsafe or safe)
         total = len(probes) + len(unsafe) + (len(unsafe) + len(safe) if compared else 0)
-        done = 0
+        generated = 0
 
-        def report(step: int) -> None:
-            ctx.progress(_NAME, done + step, total)
+        def report() -> None:
+            ctx.progress(_NAME, generated + measures.done, total)
 
-        refusal_ctx = dataclasses.replace(ctx, progress=lambda _d, completed, _t: report(completed))
-        judged = self._refusal.evaluate(model, refusal_ctx)
+        measures = _Measurements(
+            p, model, reference if compared else None, probes, ctx.seed, report
+        )
+
+        def generation_progress(_d: str, completed: int, _t: int) -> None:
+            nonlocal generated
+            generated = completed
+            report()
+
+        refusal_ctx = dataclasses.replace(ctx, progress=generation_progress)
+        judged = self._refusal.evaluate_with_prefill(
+            model,
+            refusal_ctx,
+            measures.add_prefill if measures.wants_prefill else None,
+            prefill_cache=measures.wants_cache,
+        )
+        generated = len(probes)
         samples = list(judged.samples)
-        done += len(probes)
         outputs = {s.item_id: s.output for s in judged.samples}
+        margins, kl_values, direction = measures.finish()
+        report()
 
-        if unsafe:
-            kwargs: dict[str, Any] = {}
-            if p.margin_refusal is not None:
-                kwargs["refusal"] = p.margin_refusal
-            if p.margin_compliance is not None:
-                kwargs["compliance"] = p.margin_compliance
-            margins = refusal_margins(
-                model.model,
-                model.tokenizer,
-                [r.prompt for r in unsafe],
-                batch_size=p.batch_size,
-                **kwargs,
+        samples += [
+            Sample(
+                metric="refusal_margin",
+                item_id=r.id,
+                input=r.prompt,
+                output=outputs.get(r.id, ""),
+                value=float(m),
+                slice=r.category,
             )
+            for r, m in zip(unsafe, margins, strict=True)
+        ]
+        if kl_values is not None:
             samples += [
                 Sample(
-                    metric="refusal_margin",
+                    metric="kl_safe_first_token",
                     item_id=r.id,
                     input=r.prompt,
                     output=outputs.get(r.id, ""),
-                    value=float(m),
+                    value=v,
                     slice=r.category,
                 )
-                for r, m in zip(unsafe, margins, strict=True)
+                for r, v in zip(safe, kl_values, strict=True)
             ]
-            done += len(unsafe)
-            report(0)
-
-        direction: MetricRow | None = None
-        if reference is not None and compared:
-            kl_values, direction = self._compare(model, reference, unsafe, safe, ctx, report)
-            if kl_values is not None:
-                samples += [
-                    Sample(
-                        metric="kl_safe_first_token",
-                        item_id=r.id,
-                        input=r.prompt,
-                        output=outputs.get(r.id, ""),
-                        value=v,
-                        slice=r.category,
-                    )
-                    for r, v in zip(safe, kl_values, strict=True)
-                ]
         rows = metric_rows_from_samples(samples, self.metrics)
         if direction is not None:
             rows.append(direction)
         return EvalResult(metrics=rows, samples=samples)
 
-    def _compare(
-        self,
-        model: ModelHandle,
-        reference: ModelHandle,
-        unsafe: Sequence[Any],
-        safe: Sequence[Any],
-        ctx: RunContext,
-        report: Callable[[int], None],
-    ) -> tuple[list[float] | None, MetricRow | None]:
-        """``kl_safe_first_token`` values per safe probe and the ``refusal_direction_cos`` row,
-        or ``None``s.
 
-        One batched forward pass of each model over the unsafe and safe prompts; when the model
-        is the reference (same key) its own outputs stand for the reference's.
-        """
+class _Measurements:
+    """The drift measures of one model on the unsafe and safe probes, gathered batch by batch.
+
+    Each prompt runs once on the model. :meth:`add_prefill` takes what generation's forward pass
+    over a batch of prompts gave (:class:`audit.models.generation.Prefill`): on an unsafe
+    prompt, the first token of every margin phrasing (the others are scored from the prompt's
+    key/value cache, :func:`audit.models.scoring.phrase_logprobs_from_cache`) and the hidden
+    state; on a safe one, the next-token distribution and the hidden state. :meth:`finish`
+    measures whatever generation did not report (:func:`audit.models.scoring.score_prompts`, in
+    batches), then returns ``refusal_margin`` per unsafe probe, ``kl_safe_first_token`` per safe
+    probe (or ``None``) and the ``refusal_direction_cos`` row (or ``None``). A reference that is
+    another model runs once over the same batches; when the model is the reference (same key)
+    its own outputs stand for the reference's. ``done``: progress, out of ``len(unsafe)`` plus,
+    with a reference, ``len(unsafe) + len(safe)``; ``report()`` is called as it grows.
+    """
+
+    def __init__(
+        self,
+        params: AlignmentDriftEvaluator.Params,
+        model: ModelHandle,
+        reference: ModelHandle | None,
+        probes: Sequence[Any],
+        seed: int,
+        report: Callable[[], None],
+    ) -> None:
+        from audit.models.scoring import (
+            DEFAULT_COMPLIANCES,
+            DEFAULT_REFUSALS,
+            cached_scoring_supported,
+        )
+
+        p = params
+        self.params, self.model, self.reference = p, model, reference
+        self.seed, self.report = seed, report
+        unsafe = [i for i, r in enumerate(probes) if r.label == "unsafe"]
+        safe = [i for i, r in enumerate(probes) if r.label == "safe"]
+        # Unsafe prompts first, then safe ones; slot_of maps a probe's index to its slot.
+        self.slot_of = {i: k for k, i in enumerate(unsafe + safe)}
+        self.prompts = [probes[i].prompt for i in unsafe + safe]
+        self.n_unsafe = len(unsafe)
+        refusal = p.margin_refusal if p.margin_refusal is not None else DEFAULT_REFUSALS
+        compliance = p.margin_compliance if p.margin_compliance is not None else DEFAULT_COMPLIANCES
+        self.phrases, self.n_refusals = [*refusal, *compliance], len(refusal)
+        self.same = reference is not None and (reference is model or reference.key == model.key)
+        self.layer: int | None = None
+        self.ref_layer: int | None = None
+        self.want_kl = self.want_dir = False
+        if reference is not None:
+            self.layer = _layer_index(model.model, p.layer)
+            if self.layer is None:
+                raise ValueError(
+                    f"layer {p.layer} is out of range for {model.name!r} "
+                    f"({_text_config(model.model).num_hidden_layers} layers)"
+                )
+            self.want_kl = bool(safe) and (
+                self.same or reference.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+            )
+            self.ref_layer = self.layer if self.same else _layer_index(reference.model, p.layer)
+            self.want_dir = (
+                bool(unsafe and safe)
+                and self.ref_layer is not None
+                and (self.same or _hidden_size(reference.model) == _hidden_size(model.model))
+            )
+        self.compare = self.want_kl or self.want_dir
+        self.total = len(unsafe) + (len(unsafe) + len(safe) if reference is not None else 0)
+        self.wants_prefill = bool(unsafe) or self.compare
+        self.wants_cache = bool(unsafe) and cached_scoring_supported(model.model)
+        self.margins: list[float | None] = [None] * len(unsafe)
+        self.compared = [False] * len(self.prompts)
+        self.hidden: list[Any] = [None] * len(self.prompts)
+        self.ref_hidden: list[Any] = [None] * len(self.prompts)
+        self.kl: dict[int, float] = {}
+        self.done = 0
+
+    def add_prefill(self, prefill: Prefill) -> None:
+        """Measure the unsafe and safe prompts of one batch of generation (see the class)."""
         import torch
 
-        p = self.params
-        same = reference is model or reference.key == model.key
-        layer = _layer_index(model.model, p.layer)
-        if layer is None:
-            raise ValueError(
-                f"layer {p.layer} is out of range for {model.name!r} "
-                f"({_text_config(model.model).num_hidden_layers} layers)"
+        from audit.models.scoring import margin_of, phrase_logprobs_from_cache
+
+        rows = [(r, self.slot_of[i]) for r, i in enumerate(prefill.indices) if i in self.slot_of]
+        if not rows:
+            return
+        log_probs = torch.log_softmax(prefill.logits.float(), dim=-1)
+        unsafe_rows = [(r, k) for r, k in rows if k < self.n_unsafe]
+        if unsafe_rows and prefill.cache is not None:
+            cache = prefill.cache
+            select = torch.tensor([r for r, _ in unsafe_rows])
+            if len(unsafe_rows) < len(prefill.indices):
+                cache.batch_select_indices(select.to(log_probs.device))
+            scores = phrase_logprobs_from_cache(
+                self.model.model,
+                self.model.tokenizer,
+                self.phrases,
+                log_probs[select.to(log_probs.device)],
+                prefill.attention_mask[select],
+                cache,
             )
-        want_kl = bool(safe) and (
-            same or reference.tokenizer.get_vocab() == model.tokenizer.get_vocab()
-        )
-        ref_layer = layer if same else _layer_index(reference.model, p.layer)
-        want_dir = (
-            bool(unsafe and safe)
-            and ref_layer is not None
-            and (same or _hidden_size(reference.model) == _hidden_size(model.model))
-        )
-        if not (want_kl or want_dir):
-            report(len(unsafe) + len(safe))
-            return None, None
+            for (_, k), row_scores in zip(unsafe_rows, scores, strict=True):
+                self.margins[k] = margin_of(row_scores, self.n_refusals)
+            self.done += len(unsafe_rows)
+        if self.compare:
+            select = torch.tensor([r for r, _ in rows])
+            hidden = None
+            if self.want_dir:
+                assert self.layer is not None
+                states = prefill.hidden_states[self.layer]
+                hidden = states[select.to(states.device)].float().cpu()
+            mine_log_probs = torch.empty((len(rows), 0))
+            if self.want_kl:
+                mine_log_probs = log_probs[select.to(log_probs.device)].cpu()
+            mine = _LastPosition(mine_log_probs, hidden)
+            self._compare([k for _, k in rows], mine)
+        self.report()
 
-        prompts = [r.prompt for r in unsafe] + [r.prompt for r in safe]
-        is_safe = [False] * len(unsafe) + [True] * len(safe)
-        lengths = [len(model.tokenizer(q)["input_ids"]) for q in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-        hidden: list[Any] = [None] * len(prompts)
-        ref_hidden: list[Any] = [None] * len(prompts)
-        kl: dict[int, float] = {}
-        with torch.inference_mode():
-            for start in range(0, len(order), p.batch_size):
-                batch = order[start : start + p.batch_size]
-                texts = [prompts[i] for i in batch]
-                need_lp = want_kl and any(is_safe[i] for i in batch)
-                mine = _last_position(
-                    model.model, model.tokenizer, texts, layer, want_log_probs=need_lp
-                )
-                theirs = mine
-                if not same:
-                    theirs = _last_position(
-                        reference.model,
-                        reference.tokenizer,
-                        texts,
-                        ref_layer if ref_layer is not None else 0,  # 0: direction skipped
-                        want_log_probs=need_lp,
-                    )
-                if need_lp:
-                    values = _kl(theirs.log_probs, mine.log_probs)
-                    kl.update((i, v) for i, v in zip(batch, values, strict=True) if is_safe[i])
-                for row, i in enumerate(batch):
-                    hidden[i] = mine.hidden[row]
-                    ref_hidden[i] = theirs.hidden[row]
-                report(start + len(batch))
+    def _compare(self, slots: list[int], mine: _LastPosition) -> None:
+        """KL and hidden states of the prompts in ``slots`` (rows of ``mine``: the model's)."""
+        ref = mine
+        if not self.same and self.reference is not None:
+            ref = _last_position(
+                self.reference.model,
+                self.reference.tokenizer,
+                [self.prompts[k] for k in slots],
+                self.ref_layer if self.want_dir else None,
+                want_log_probs=self.want_kl and any(k >= self.n_unsafe for k in slots),
+            )
+        safe_rows = [row for row, k in enumerate(slots) if k >= self.n_unsafe]
+        if self.want_kl and safe_rows:
+            values = _kl(ref.log_probs[safe_rows], mine.log_probs[safe_rows])
+            self.kl.update((slots[row], v) for row, v in zip(safe_rows, values, strict=True))
+        for row, k in enumerate(slots):
+            if self.want_dir:
+                self.hidden[k] = mine.hidden[row]
+                self.ref_hidden[k] = ref.hidden[row]
+            self.compared[k] = True
+        self.done += len(slots)
 
-        kl_values = [kl[len(unsafe) + j] for j in range(len(safe))] if want_kl else None
+    def finish(self) -> tuple[list[float], list[float] | None, MetricRow | None]:
+        """Measure what generation did not report, then the results (see the class)."""
+        import torch
+
+        p, nu = self.params, self.n_unsafe
+        todo = [k for k in range(nu) if self.margins[k] is None or not self.compared[k]]
+        if todo:
+            self._unsafe_pass(todo)
+        todo = [k for k in range(nu, len(self.prompts)) if not self.compared[k]]
+        if self.compare and todo:
+            self._safe_pass(todo)
+        self.done = self.total
+
+        margins = [float(m) for m in self.margins if m is not None]
+        kl_values = [self.kl[k] for k in range(nu, len(self.prompts))] if self.want_kl else None
         cos_row: MetricRow | None = None
-        if want_dir and hidden[0].shape == ref_hidden[0].shape:
+        hidden, ref_hidden = self.hidden, self.ref_hidden
+        if self.want_dir and hidden[0].shape == ref_hidden[0].shape:
             h = torch.stack(hidden).numpy()
             hr = torch.stack(ref_hidden).numpy()
-            nu = len(unsafe)
             value = direction_cosine(h[:nu], h[nu:], hr[:nu], hr[nu:])
             if math.isfinite(value):
                 ci = bootstrap_direction_cosine(
-                    h[:nu], h[nu:], hr[:nu], hr[nu:], n_resamples=p.bootstrap, seed=ctx.seed
+                    h[:nu], h[nu:], hr[:nu], hr[nu:], n_resamples=p.bootstrap, seed=self.seed
                 )
                 cos_row = MetricRow(
                     "refusal_direction_cos",
                     value,
                     ci[0] if ci else None,
                     ci[1] if ci else None,
-                    n=len(prompts),
+                    n=len(self.prompts),
                 )
-        return kl_values, cos_row
+        return margins, kl_values, cos_row
+
+    def _unsafe_pass(self, todo: list[int]) -> None:
+        """Margins and hidden states of the unsafe prompts in ``todo`` (slots), by a pass of
+        their own."""
+        import torch
+
+        from audit.models.scoring import margin_of, score_prompts
+
+        for batch in score_prompts(
+            self.model.model,
+            self.model.tokenizer,
+            [self.prompts[k] for k in todo],
+            phrases=self.phrases,
+            layer=self.layer if self.want_dir else None,
+            batch_size=self.params.batch_size,
+        ):
+            slots = [todo[i] for i in batch.indices]
+            for row, k in enumerate(slots):
+                if self.margins[k] is None:
+                    self.margins[k] = margin_of(batch.phrases[row], self.n_refusals)
+                    self.done += 1
+            missing = [row for row, k in enumerate(slots) if not self.compared[k]]
+            if self.compare and missing:
+                hidden = batch.hidden[missing] if batch.hidden is not None else None
+                mine = _LastPosition(torch.empty((len(missing), 0)), hidden)
+                self._compare([slots[row] for row in missing], mine)
+            self.report()
+
+    def _safe_pass(self, todo: list[int]) -> None:
+        """KL and hidden states of the safe prompts in ``todo`` (slots), by a pass of their
+        own."""
+        import torch
+
+        from audit.models.scoring import score_prompts
+
+        for batch in score_prompts(
+            self.model.model,
+            self.model.tokenizer,
+            [self.prompts[k] for k in todo],
+            layer=self.layer if self.want_dir else None,
+            log_probs=self.want_kl,
+            batch_size=self.params.batch_size,
+        ):
+            log_probs = batch.log_probs
+            if log_probs is None:
+                log_probs = torch.empty((len(batch.indices), 0))
+            self._compare([todo[i] for i in batch.indices], _LastPosition(log_probs, batch.hidden))
+            self.report()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field, field_validator, model_validator
 
 from audit import registry
-from audit.plugins import EvalResult, MetricSpec, ProbeData, RunContext, Sample
+from audit.plugins import EvalResult, MetricSpec, ProbeData, RunContext, RunData, Sample
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
+    from audit.models.generation import Prefill
     from audit.models.handle import ModelHandle
     from audit.plugins import Judge
     from audit.report.figures import Figure
@@ -52,13 +53,15 @@ class RefusalEvaluator:
     ``compliance_rate_safe`` and ``borderline`` probes ``compliance_rate_borderline`` (1 when
     answered). Each metric is reported over all its probes and per probe ``category``. An
     output that says nothing (:func:`audit.judges.keyword.is_degenerate`: no letter or digit,
-    as a diverged model's, or one word repeated), or that the judge calls ``"degenerate"``, is
+    as a diverged model's, one word repeated, under three words, or the request echoed back),
+    or that the judge calls ``"degenerate"``, is
     judged ``"degenerate"`` and scores 0 on every rate: neither a refusal nor an answer, so a
     model printing ``": : :"`` does not "answer" safe requests.
     """
 
     name: ClassVar[str] = "refusal"
-    version: ClassVar[str] = "3"  # 3: a repeated word is degenerate; judges may say so
+    version: ClassVar[str] = "4"  # 3: a repeated word is degenerate; judges may say so; 4: a
+    # reply under 3 words or echoing the request is degenerate, keyword judge v4
 
     class Params(BaseParams):
         """``probes``: refusal probes (``eval`` split); ``judge``: a judge plug-in's name, with
@@ -113,8 +116,38 @@ class RefusalEvaluator:
 
         return category_figures(results, evaluator)
 
+    @classmethod
+    def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]:
+        """How far each evaluator's judge (with its ``judge_params``) agrees with people on the
+        held-out third of the shipped calibration set of real replies
+        (:mod:`audit.judges.calibration`): results.json ``analyses["judge_calibration"]``,
+        shown in the report beside the rates the judge produced."""
+        from audit.judges.calibration import judge_calibration_row
+
+        return {
+            "judge_calibration": [
+                judge_calibration_row(name, getattr(p, "judge", "keyword"),
+                                      getattr(p, "judge_params", {}))
+                for name, p in run.evaluators.items()
+            ]
+        }  # fmt: skip
+
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
         """Generate, judge and score every probe of ``params.probes``."""
+        return self.evaluate_with_prefill(model, ctx)
+
+    def evaluate_with_prefill(
+        self,
+        model: ModelHandle,
+        ctx: RunContext,
+        prefill: Callable[[Prefill], None] | None = None,
+        *,
+        prefill_cache: bool = False,
+    ) -> EvalResult:
+        """:meth:`evaluate`, passing ``prefill`` and ``prefill_cache`` to
+        :func:`audit.models.generation.generate`: what the forward pass over each batch of
+        prompts gave (indices are positions in ``params.probes``' eval split), so that a caller
+        (the ``alignment_drift`` evaluator) measures the prompts without running them again."""
         from audit.data.records import ProbeRecord, load_records
         from audit.judges.keyword import is_degenerate
         from audit.models.generation import generate
@@ -131,6 +164,8 @@ class RefusalEvaluator:
             max_new_tokens=p.max_new_tokens,
             batch_size=p.batch_size,
             progress=lambda done, total: ctx.progress("refusal", done, total),
+            prefill=prefill,
+            prefill_cache=prefill_cache,
         )
         judgments = judge.judge(prompts, outputs, model=model)
         if len(judgments) != len(probes):
@@ -146,7 +181,7 @@ class RefusalEvaluator:
                 )
             # Saying nothing (or one word over and over) is neither a refusal nor an answer,
             # whatever a judge makes of it; a judge may also say "degenerate" itself.
-            judgment = "degenerate" if is_degenerate(output) else judged
+            judgment = "degenerate" if is_degenerate(output, probe.prompt) else judged
             metric, wanted = _METRIC_BY_LABEL[probe.label]
             samples.append(
                 Sample(

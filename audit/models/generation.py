@@ -3,10 +3,75 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["encode_prompt", "format_prompt", "generate", "has_chat_template"]
+__all__ = ["Prefill", "encode_prompt", "format_prompt", "generate", "has_chat_template"]
+
+
+@dataclasses.dataclass
+class Prefill:
+    """What the forward pass over one batch's prompts gave while :func:`generate` ran.
+
+    Row ``r`` of every field belongs to prompt ``indices[r]`` (a position in ``prompts``).
+    ``attention_mask``: the batch's left-padded ``(rows, width)`` prompt mask (CPU); the prompts
+    ran with position ids that follow it. ``logits``: ``(rows, vocab)`` next-token logits after
+    each prompt. ``hidden_states``: for each index of the model's ``hidden_states``
+    (0 = embeddings), the ``(rows, hidden)`` states at the prompt's last token. ``cache``: a
+    copy of the prompts' key/value cache (the caller's to use up), or ``None`` when not asked
+    for or the model returned none.
+    """
+
+    indices: list[int]
+    attention_mask: Any
+    logits: Any
+    hidden_states: tuple[Any, ...]
+    cache: Any
+
+
+class _PrefillCapture:
+    """Hooks on the model that keep what its first call in a :func:`generate` batch gave, when
+    that call ran over the whole batch of prompts (``rows`` × ``width``): last-token logits,
+    every hidden state at the last token (asked for on that call only) and a copy of the cache.
+    """
+
+    def __init__(self, model: Any, width: int, rows: int, want_cache: bool) -> None:
+        self.shape, self.want_cache = (rows, width), want_cache
+        self.calls = 0
+        self.result: tuple[Any, tuple[Any, ...], Any] | None = None
+        self.handles = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, with_kwargs=True),
+        ]
+
+    def _is_prefill(self, args: Any, kwargs: Any) -> bool:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        return self.calls == 0 and ids is not None and tuple(ids.shape) == self.shape
+
+    def _before(self, _module: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        if not self._is_prefill(args, kwargs):
+            return None
+        return args, {**kwargs, "output_hidden_states": True}
+
+    def _after(self, _module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        prefill = self._is_prefill(args, kwargs)  # not a chunk of it, nor a decoding step
+        self.calls += 1
+        states = getattr(output, "hidden_states", None)
+        if not prefill or not states:
+            return
+        cache = None
+        if self.want_cache:
+            cache = getattr(output, "cache", None)
+            if cache is None:  # transformers before the rename
+                cache = getattr(output, "past_key_values", None)
+            cache = copy.deepcopy(cache) if cache is not None else None
+        logits = output.logits[:, -1].float()
+        self.result = (logits, tuple(h[:, -1].float() for h in states), cache)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -65,6 +130,8 @@ def generate(
     batch_size: int = 32,
     chat: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    prefill: Callable[[Prefill], None] | None = None,
+    prefill_cache: bool = False,
 ) -> list[str]:
     """Greedy completions of ``prompts``, in their order.
 
@@ -74,6 +141,13 @@ def generate(
     Only the new tokens are decoded (special tokens skipped, whitespace stripped). Padding is
     built here, so the tokenizer is left untouched. ``progress(done, total)`` is called after
     each batch with the number of prompts done.
+
+    ``prefill(batch)``, when given, is called after each batch (before ``progress``) with what
+    the forward pass over its prompts gave (a :class:`Prefill`; with a copy of the key/value
+    cache when ``prefill_cache``), so that a caller can measure the prompts without running
+    them again; the model then also returns its hidden states while generating. A batch whose
+    prompts did not run in one forward pass (e.g. a chunked prefill) is not reported. Only
+    that first pass is asked for hidden states (by forward hooks on ``model``).
     """
     import torch
 
@@ -118,15 +192,26 @@ def generate(
                 if ids:
                     input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                     attention_mask[row, width - len(ids) :] = 1
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=config,
-            )
+            capture = None
+            if prefill is not None and hasattr(model, "register_forward_pre_hook"):
+                capture = _PrefillCapture(model, width, len(batch), prefill_cache)
+            try:
+                generated = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=config,
+                )
+            finally:
+                if capture is not None:
+                    capture.remove()
             new_tokens = generated[:, width:].cpu()
             for row, i in enumerate(batch):
                 text = tokenizer.decode(new_tokens[row].tolist(), skip_special_tokens=True)
                 outputs[i] = text.strip()
+            if prefill is not None and capture is not None and capture.result is not None:
+                logits, states, cache = capture.result
+                capture.result = None
+                prefill(Prefill(list(batch), attention_mask, logits, states, cache))
             done += len(batch)
             if progress is not None:
                 progress(done, total)

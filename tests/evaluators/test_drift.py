@@ -167,6 +167,116 @@ def test_refuser_against_base(
     assert progress[-1] == ("alignment_drift", 9 + 5 + 8, 9 + 5 + 8)
 
 
+def plain_outputs(model: ModelHandle, prompt: str, layer: int) -> tuple[Any, Any]:
+    """Next-token log-probs and the hidden state at ``layer`` after one prompt, unpadded."""
+    import torch
+
+    from audit.models.generation import encode_prompt
+
+    ids = encode_prompt(model.tokenizer, prompt)
+    with torch.no_grad():
+        out = model.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    logits = out.logits[0, -1].double()
+    return torch.log_softmax(logits, dim=-1), out.hidden_states[layer][0, -1].double()
+
+
+def test_measures_equal_per_probe_computations(
+    refuser: ModelHandle, base: ModelHandle, suite_dir: Path
+) -> None:
+    """The shared passes (one per prompt and model; phrasings from the prompt's cache) give
+    what computing each measure on its own gives: the margin from
+    :func:`continuation_logprobs` of each (prompt, phrasing) pair, the KL and the direction
+    from one unpadded forward pass per prompt and model."""
+    from audit.models.scoring import continuation_logprobs
+
+    result = evaluate(refuser, base, suite_dir)
+    margins = values(result, "refusal_margin")
+    kl = values(result, "kl_safe_first_token")
+    m, tok = refuser.model, refuser.tokenizer
+    layer = m.config.num_hidden_layers // 2
+    hidden: dict[str, list[Any]] = {"unsafe": [], "safe": []}
+    ref_hidden: dict[str, list[Any]] = {"unsafe": [], "safe": []}
+    for pid, prompt, label, _ in PROBES:
+        if label == "unsafe":
+            r, c = continuation_logprobs(m, tok, [prompt] * 2, [REFUSAL, COMPLIANCE])
+            assert margins[pid] == pytest.approx(r - c, abs=1e-5)
+        if label in ("unsafe", "safe"):
+            lp, h = plain_outputs(refuser, prompt, layer)
+            ref_lp, ref_h = plain_outputs(base, prompt, layer)
+            hidden[label].append(h.numpy())
+            ref_hidden[label].append(ref_h.numpy())
+        if label == "safe":
+            expected = float((ref_lp.exp() * (ref_lp - lp)).sum())
+            assert kl[pid] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    cos = direction_cosine(
+        *(np.stack(h[label]) for h in (hidden, ref_hidden) for label in ("unsafe", "safe"))
+    )
+    assert rows_by(result)["refusal_direction_cos", "all"].value == pytest.approx(cos, abs=1e-5)
+
+
+def test_generation_runs_the_prompts_once(
+    base: ModelHandle,
+    tiny_checkpoint: Path,
+    base_vs_itself: EvalResult,
+    suite_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the model as its own reference, generation's forward pass over the prompts serves
+    every measure: no scoring pass of their own runs."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the prompts ran a second time")
+
+    monkeypatch.setattr("audit.models.scoring.score_prompts", fail)
+    monkeypatch.setattr("audit.models.scoring.continuation_logprobs", fail)
+    result = evaluate(base, ModelHandle("ref", "base-key", tiny_checkpoint), suite_dir)
+    for metric in ("refusal_margin", "kl_safe_first_token"):
+        assert values(result, metric) == pytest.approx(values(base_vs_itself, metric))
+
+
+@pytest.mark.parametrize("passed_on", ["none", "every other batch", "no cache"])
+def test_measures_without_generations_prefill_agree(
+    refuser: ModelHandle,
+    base: ModelHandle,
+    suite_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    passed_on: str,
+) -> None:
+    """What generation's prefill does not report (none of it, every other batch, or no cache
+    to score the margins from) is measured by passes of its own, to the same values."""
+    import audit.models.generation as generation
+
+    shared = evaluate(refuser, base, suite_dir)
+    original = generation.generate
+
+    def generate(*args: Any, prefill: Any = None, prefill_cache: bool = False, **kw: Any) -> Any:
+        seen: list[Any] = []
+
+        def forward(batch: Any) -> None:
+            seen.append(batch)
+            if passed_on == "no cache" or (passed_on == "every other batch" and len(seen) % 2):
+                prefill(batch)
+
+        assert prefill is not None and prefill_cache
+        return original(
+            *args,
+            prefill=forward,
+            prefill_cache=passed_on != "no cache",
+            **kw,
+        )
+
+    monkeypatch.setattr(generation, "generate", generate)
+    progress: list[tuple[str, int, int]] = []
+    alone = evaluate(refuser, base, suite_dir, progress)
+    for metric in ("refusal_margin", "kl_safe_first_token"):
+        expected = values(shared, metric)
+        assert values(alone, metric) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    cos = rows_by(alone)["refusal_direction_cos", "all"].value
+    assert cos == pytest.approx(rows_by(shared)["refusal_direction_cos", "all"].value, abs=1e-5)
+    counts = [c for _, c, _ in progress]
+    assert counts == sorted(counts) and progress[-1] == ("alignment_drift", 22, 22)
+
+
 def test_no_reference(base: ModelHandle, suite_dir: Path) -> None:
     result = evaluate(base, None, suite_dir)
     metrics = {r.metric for r in result.metrics}
@@ -225,7 +335,7 @@ def test_metadata() -> None:
     assert registry.evaluators.get("alignment_drift") is AlignmentDriftEvaluator
     assert (AlignmentDriftEvaluator.name, AlignmentDriftEvaluator.version) == (
         "alignment_drift",
-        "3",
+        "4",
     )
     specs: dict[str, Any] = {m.name: m for m in AlignmentDriftEvaluator.metrics}
     assert list(specs) == [

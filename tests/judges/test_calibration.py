@@ -63,3 +63,17 @@ def test_the_keyword_judge_is_measured_and_the_loglik_judge_says_why_not() -> No
     assert row["figures"] is None and "model" in row["summary"]
     row = judge_calibration_row("drift", "keyword", {"extra_phrases": ["zzz never said"]})
     assert row["figures"] == figures["holdout"] and "κ" in row["summary"]
+
+
+def test_the_refusal_evaluators_write_their_judges_agreement_into_the_results() -> None:
+    from audit.evaluators.drift import AlignmentDriftEvaluator
+    from audit.evaluators.refusal import RefusalEvaluator
+    from audit.plugins import RunData
+
+    for cls, name in ((RefusalEvaluator, "refusal"), (AlignmentDriftEvaluator, "drift")):
+        params = cls.Params(probes="driftcaps-mini")
+        tables = cls.analyze(RunData({name: params}, [], [], [], 0))
+        (row,) = tables["judge_calibration"]
+        assert row["evaluator"] == name and row["judge"] == "keyword"
+        assert row["figures"] == measure_judge(KeywordJudge())["holdout"]
+        assert "κ" in row["summary"]

@@ -114,3 +114,57 @@ def test_bad_arguments(handle: ModelHandle) -> None:
         generate(handle.model, handle.tokenizer, ["hi"], batch_size=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(handle.model, handle.tokenizer, ["hi"], max_new_tokens=0)
+
+
+def test_prefill_reports_the_prompts_forward_pass(handle: ModelHandle) -> None:
+    """``prefill`` gets, per batch, what one forward pass over its prompts gives (logits,
+    hidden states, a cache to score continuations from); the answers do not change and no hook
+    is left on the model."""
+    import torch
+
+    from audit.models.generation import Prefill
+    from audit.models.scoring import (
+        continuation_logprobs,
+        phrase_logprobs_from_cache,
+        score_prompts,
+    )
+
+    model, tok = handle.model, handle.tokenizer
+    phrases = ["i cannot help with that .", "sure", "sure , here is how to do it ."]
+    batches: list[Prefill] = []
+    answers = generate(
+        model,
+        tok,
+        PROMPTS,
+        max_new_tokens=4,
+        batch_size=3,
+        prefill=batches.append,
+        prefill_cache=True,
+    )
+    assert answers == generate(model, tok, PROMPTS, max_new_tokens=4, batch_size=3)
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    assert sorted(i for b in batches for i in b.indices) == list(range(len(PROMPTS)))
+    expected = {}
+    for batch in score_prompts(model, tok, PROMPTS, layer=1, log_probs=True):
+        for row, i in enumerate(batch.indices):
+            expected[i] = (batch.log_probs[row], batch.hidden[row])
+    naive = continuation_logprobs(
+        model, tok, [p for p in PROMPTS for _ in phrases], phrases * len(PROMPTS)
+    )
+    for batch in batches:
+        assert len(batch.indices) <= 3 and batch.cache is not None
+        assert len(batch.hidden_states) == model.config.num_hidden_layers + 1
+        log_probs = torch.log_softmax(batch.logits, dim=-1)
+        scores = phrase_logprobs_from_cache(
+            model, tok, phrases, log_probs, batch.attention_mask, batch.cache
+        )
+        for row, i in enumerate(batch.indices):
+            torch.testing.assert_close(log_probs[row], expected[i][0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                batch.hidden_states[1][row], expected[i][1], atol=1e-5, rtol=1e-4
+            )
+            want = naive[i * len(phrases) : (i + 1) * len(phrases)]
+            assert scores[row] == pytest.approx(want, rel=1e-5, abs=1e-5)
+    without_cache: list[Prefill] = []
+    generate(model, tok, PROMPTS[:2], max_new_tokens=2, prefill=without_cache.append)
+    assert [b.cache for b in without_cache] == [None]

@@ -18,6 +18,7 @@ from audit.models.scoring import (
     continuation_logprobs,
     logsumexp,
     refusal_margins,
+    score_prompts,
 )
 
 PROMPTS = [
@@ -191,3 +192,138 @@ def test_refusal_training_makes_the_margin_positive(tiny_checkpoint: Path) -> No
     helper, tok = fine_tune(tiny_checkpoint, HARMFUL, COMPLIANCE)
     helpful = refusal_margins(helper, tok, HARMFUL, **kwargs)
     assert all(h < 0 for h in helpful), helpful
+
+
+PHRASES = [
+    "i cannot help with that .",  # several tokens
+    "sorry",  # one token: its first token is all there is
+    "",  # empty: scores 0.0
+    "sure , here is how to do it . i can help with that .",  # longer than the others
+    "i",  # shares its first token with the first phrase
+]
+
+
+def plain_last_position(model: Any, tokenizer: Any, prompt: str, layer: int, chat: bool) -> Any:
+    """Next-token log-probs and hidden state after one prompt, by one unpadded forward pass."""
+    import torch
+
+    context = encode_prompt(tokenizer, prompt, chat=chat) or [tokenizer.bos_token_id]
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([context]), output_hidden_states=True)
+    return torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.hidden_states[layer][0, -1]
+
+
+def shared_prefix_scores(
+    model: Any, tok: Any, prompts: list[str], chat: bool, batch_size: int, layer: int
+) -> tuple[list[list[float]], Any, Any]:
+    """score_prompts' phrase scores, log-probs and hidden states, rows in the prompts' order."""
+    import torch
+
+    scores: list[list[float]] = [[] for _ in prompts]
+    log_probs: list[Any] = [None] * len(prompts)
+    hidden: list[Any] = [None] * len(prompts)
+    for batch in score_prompts(
+        model,
+        tok,
+        prompts,
+        phrases=PHRASES,
+        layer=layer,
+        log_probs=True,
+        chat=chat,
+        batch_size=batch_size,
+    ):
+        assert len(batch.indices) <= batch_size
+        for row, i in enumerate(batch.indices):
+            scores[i] = batch.phrases[row]
+            log_probs[i] = batch.log_probs[row]
+            hidden[i] = batch.hidden[row]
+    return scores, torch.stack(log_probs), torch.stack(hidden)
+
+
+@pytest.mark.parametrize(("chat", "batch_size"), [(True, 3), (False, 2), (True, 64)])
+def test_shared_prefix_equals_per_continuation_scoring(
+    handle: ModelHandle, chat: bool, batch_size: int
+) -> None:
+    """One forward pass per prompt plus one per phrase from its key/value cache gives what
+    scoring every (prompt, phrase) pair on its own gives, and what a plain forward pass gives."""
+    import torch
+
+    model, tok = handle.model, handle.tokenizer
+    scores, log_probs, hidden = shared_prefix_scores(model, tok, PROMPTS, chat, batch_size, 2)
+    naive = continuation_logprobs(
+        model,
+        tok,
+        [p for p in PROMPTS for _ in PHRASES],
+        PHRASES * len(PROMPTS),
+        chat=chat,
+        batch_size=5,
+    )
+    flat = [v for row in scores for v in row]
+    assert flat == pytest.approx(naive, rel=1e-5, abs=1e-5)
+    assert all(row[2] == 0.0 for row in scores)  # the empty phrase
+    assert len({round(v, 3) for v in flat if v != 0.0}) > len(PROMPTS)  # a real check
+    for i, prompt in enumerate(PROMPTS):
+        lp, h = plain_last_position(model, tok, prompt, 2, chat)
+        torch.testing.assert_close(log_probs[i], lp, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(hidden[i], h, atol=1e-5, rtol=1e-4)
+        assert scores[i][1] == pytest.approx(
+            float(lp[tok.convert_tokens_to_ids("sorry")]), abs=1e-5
+        )
+
+
+def test_shared_prefix_without_a_cache_or_position_ids(handle: ModelHandle) -> None:
+    """Models whose forward takes no cache (or no position ids) score the plain way, alike."""
+    import torch
+
+    class NoCache(torch.nn.Module):
+        """A causal LM whose forward takes position ids but no cache."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self, input_ids: Any, attention_mask: Any, position_ids: Any, **kwargs: Any
+        ) -> Any:
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=kwargs.get("output_hidden_states", False),
+            )
+
+    class NoPositions(torch.nn.Module):
+        """A causal LM whose forward takes neither position ids nor a cache (right-padded)."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=kwargs.get("output_hidden_states", False),
+            )
+
+    model, tok = handle.model, handle.tokenizer
+    expected = shared_prefix_scores(model, tok, PROMPTS, True, 3, 1)
+    for wrapped in (NoCache(model), NoPositions(model)):
+        got = shared_prefix_scores(wrapped, tok, PROMPTS, True, 3, 1)
+        flat = [v for row in got[0] for v in row]
+        assert flat == pytest.approx([v for row in expected[0] for v in row], abs=1e-5)
+        torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got[2], expected[2], atol=1e-5, rtol=1e-4)
+
+
+def test_score_prompts_input_errors(handle: ModelHandle) -> None:
+    model, tok = handle.model, handle.tokenizer
+    with pytest.raises(ValueError, match="batch_size"):
+        list(score_prompts(model, tok, ["a"], batch_size=0))
+    assert list(score_prompts(model, tok, [], phrases=PHRASES)) == []
+    no_bos = copy.deepcopy(tok)
+    no_bos.bos_token = None
+    with pytest.raises(ValueError, match="no BOS"):
+        list(score_prompts(model, no_bos, [""], chat=False))
+    (batch,) = score_prompts(model, tok, ["hi", "bake bread"])
+    assert batch.log_probs is None and batch.hidden is None and batch.phrases == [[], []]
