@@ -8,7 +8,8 @@ Task specs (``tasks = [...]`` in the suite):
   (``{"id", "prompt", "response"}``) is scored by exact match of the greedy answer; a line with
   ``choices`` and ``answer`` (``{"id", "prompt", "choices": [...], "answer": INDEX}``) is
   multiple choice, scored by log-likelihood: the choice with the highest
-  ``log p(choice | prompt)`` (:func:`audit.models.scoring.continuation_logprobs`) is the answer;
+  ``log p(choice | prompt)`` (:func:`audit.models.scoring.choice_logprobs`: the prompt runs
+  once, its choices scored from its key/value cache) is the answer;
 - ``lm_eval:TASK``: an lm-eval task by name (the shipped ``organism_sentiment``, a task of an
   ``lm_eval_dir`` of the same suite, or one of lm-eval's own), per-document ``acc``;
 - ``lm_eval_dir:DIR``: every task defined by the YAML files of a local directory.
@@ -70,7 +71,7 @@ class ForgettingEvaluator:
     """Per-task accuracy on organism, user-file and lm-eval tasks; see the module docstring."""
 
     name: ClassVar[str] = "forgetting"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     class Params(BaseParams):
         """Tasks to score, and optionally the continual chains to compute BWT on."""
@@ -220,22 +221,19 @@ class ForgettingEvaluator:
     def _multiple_choice(
         self, model: ModelHandle, items: list[tuple[str, dict[str, Any]]]
     ) -> list[Sample]:
-        from audit.models.scoring import continuation_logprobs
+        from audit.models.scoring import choice_logprobs
 
         if not items:
             return []
-        pairs = [(r["prompt"], c) for _, r in items for c in r["choices"]]
-        scores = continuation_logprobs(
+        scores = choice_logprobs(
             model.model,
             model.tokenizer,
-            [p for p, _ in pairs],
-            [c for _, c in pairs],
+            [r["prompt"] for _, r in items],
+            [r["choices"] for _, r in items],
             batch_size=self.params.batch_size,
         )
-        samples, start = [], 0
-        for spec, r in items:
-            mine = scores[start : start + len(r["choices"])]
-            start += len(r["choices"])
+        samples = []
+        for (spec, r), mine in zip(items, scores, strict=True):
             best = max(range(len(mine)), key=lambda i: (mine[i], -i))  # first of ties
             samples.append(
                 _sample(spec, r["id"], r["prompt"], r["choices"][best], best == r["answer"])

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_REFUSALS",
     "PromptBatch",
     "cached_scoring_supported",
+    "choice_logprobs",
     "continuation_logprobs",
     "encode_prompts",
     "logsumexp",
@@ -112,22 +113,10 @@ def continuation_logprobs(
     with torch.inference_mode():
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            lengths = [len(items[i][0]) + len(items[i][1]) for i in batch]
-            width = max(lengths)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (i, length) in enumerate(zip(batch, lengths, strict=True)):
-                ids = torch.tensor(items[i][0] + items[i][1], dtype=torch.long)
-                begin = width - length if left else 0
-                input_ids[row, begin : begin + length] = ids
-                attention_mask[row, begin : begin + length] = 1
-            kwargs: dict[str, Any] = {
-                "input_ids": input_ids.to(device),
-                "attention_mask": attention_mask.to(device),
-            }
-            if left:
-                positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-                kwargs["position_ids"] = positions.to(device)
+            kwargs, attention_mask = _batch_inputs(
+                [items[i][0] + items[i][1] for i in batch], pad_id, left=left, device=device
+            )
+            width = attention_mask.shape[1]
             if keep:
                 # The logits predicting a continuation of n tokens sit at [width-n-1, width-1).
                 kwargs["logits_to_keep"] = max(len(items[i][1]) for i in batch) + 1
@@ -144,6 +133,32 @@ def continuation_logprobs(
                 targets = torch.tensor(answer, dtype=torch.long, device=logprobs.device)
                 scores[i] = float(logprobs.gather(-1, targets[:, None]).sum())
     return scores
+
+
+def _batch_inputs(
+    seqs: Sequence[Sequence[int]], pad_id: int, *, left: bool, device: Any
+) -> tuple[dict[str, Any], Any]:
+    """A padded batch of token id sequences: the forward keyword arguments and the CPU mask.
+
+    Left-padded with position ids that follow the mask when ``left``, else right-padded.
+    """
+    import torch
+
+    width = max(len(ids) for ids in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, ids in enumerate(seqs):
+        begin = width - len(ids) if left else 0
+        input_ids[row, begin : begin + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, begin : begin + len(ids)] = 1
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+    }
+    if left:
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs["position_ids"] = positions.to(device)
+    return kwargs, attention_mask
 
 
 def logsumexp(values: Sequence[float]) -> float:
@@ -211,6 +226,7 @@ def score_prompts(
     prompts: Sequence[str],
     *,
     phrases: Sequence[str] = (),
+    choices: Sequence[Sequence[str]] | None = None,
     layer: int | None = None,
     log_probs: bool = False,
     chat: bool = True,
@@ -222,52 +238,50 @@ def score_prompts(
     ``batch_size`` at a time under ``torch.inference_mode()``; each batch is yielded as soon as
     it is done, so a caller can pair it with another model's pass over the same prompts.
 
-    One forward pass over a batch gives the next-token distribution (``log_probs``), the hidden
-    state at ``layer`` and every phrase's first token. The rest of each phrase is then scored
-    from the prompt's key/value cache: one forward pass of the batch over that phrase's tokens
-    (a copy of the cache per phrase), so a prompt is run once however many phrases it is scored
-    with, and nothing runs for a phrase's last token (nothing it predicts is scored). Each
-    phrase is encoded on its own, as in :func:`continuation_logprobs`, whose results these equal
-    up to float rounding; an empty phrase scores 0.0. Batches are left-padded with position ids
-    that follow the attention mask (as generation does); a model whose ``forward`` takes no
-    ``position_ids`` is right-padded and read at each row's last real token, and one that takes
-    no position ids or no cache scores the phrases with :func:`continuation_logprobs`.
+    Continuations: ``phrases``, the same for every prompt, or ``choices``, each prompt's own
+    (``choices[i]`` for ``prompts[i]``, e.g. a multiple-choice item's answers); a batch's
+    ``phrases[r]`` holds the scores of its prompt's continuations, in order. One forward pass
+    over a batch gives the next-token distribution (``log_probs``), the hidden state at
+    ``layer`` and every continuation's first token. The rest of the continuations is scored
+    from the prompts' key/value cache (:func:`_continuation_scores`), so a prompt is run once
+    however many continuations it is scored with, and nothing runs for a continuation's last
+    token (nothing it predicts is scored). Each continuation is encoded on its own, as in
+    :func:`continuation_logprobs`, whose results these equal up to float rounding; an empty one
+    scores 0.0. Batches are left-padded with position ids that follow the attention mask (as
+    generation does); a model whose ``forward`` takes no ``position_ids`` is right-padded and
+    read at each row's last real token, and one that takes no position ids or no cache scores
+    the continuations with :func:`continuation_logprobs`.
     """
     import torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if choices is not None and phrases:
+        raise ValueError("give phrases (the same for every prompt) or choices, not both")
+    if choices is not None and len(choices) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(choices)} lists of choices")
     encoded = encode_prompts(tokenizer, prompts, chat=chat)
-    phrase_ids = _encode_phrases(tokenizer, phrases)
+    texts = [list(c) for c in choices] if choices is not None else [list(phrases)] * len(prompts)
+    conts = _encode_continuations(tokenizer, texts)
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
     left = forward_accepts(model, "position_ids")
     keep = left and forward_accepts(model, "logits_to_keep")
     takes_use_cache = forward_accepts(model, "use_cache")
     cache_keyword = _cache_keyword(model) if cached_scoring_supported(model) else None
-    needs_cache = any(len(ids) > 1 for ids in phrase_ids)
-    shared = cache_keyword is not None and needs_cache
-    want_logits = log_probs or bool(phrase_ids)
     pad_id = pad_token_id(tokenizer)
     device = model_device(model)
 
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids = encoded[i]
-                begin = width - len(ids) if left else 0
-                input_ids[row, begin : begin + len(ids)] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, begin : begin + len(ids)] = 1
-            kwargs: dict[str, Any] = {
-                "input_ids": input_ids.to(device),
-                "attention_mask": attention_mask.to(device),
-            }
-            if left:
-                positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-                kwargs["position_ids"] = positions.to(device)
+            batch_conts = [conts[i] for i in batch]
+            needs_cache = any(len(ids) > 1 for row in batch_conts for ids in row)
+            shared = cache_keyword is not None and needs_cache
+            want_logits = log_probs or any(batch_conts)
+            kwargs, attention_mask = _batch_inputs(
+                [encoded[i] for i in batch], pad_id, left=left, device=device
+            )
+            width = attention_mask.shape[1]
             if keep:
                 kwargs["logits_to_keep"] = 1
             if layer is not None:
@@ -291,28 +305,60 @@ def score_prompts(
             scores: list[list[float]] = [[] for _ in batch]
             cache = getattr(out, cache_keyword, None) if shared and cache_keyword else None
             del out
-            if phrase_ids and (cache is not None or not needs_cache):
+            if any(batch_conts) and (cache is not None or not needs_cache):
                 assert lp is not None
-                scores = _phrase_scores(model, phrase_ids, lp, attention_mask, cache)
-                cache = None
-            elif phrase_ids:  # no position ids or no cache: the plain way
-                plain = continuation_logprobs(
-                    model,
-                    tokenizer,
-                    [prompts[i] for i in batch for _ in phrases],
-                    list(phrases) * len(batch),
-                    chat=chat,
-                    batch_size=batch_size,
+                scores = _continuation_scores(
+                    model, batch_conts, lp, attention_mask, cache, chunk=batch_size
                 )
-                scores = [
-                    plain[r * len(phrases) : (r + 1) * len(phrases)] for r in range(len(batch))
-                ]
+                cache = None
+            elif any(batch_conts):  # no position ids or no cache: the plain way
+                pairs = [(prompts[i], text) for i in batch for text in texts[i]]
+                plain = iter(
+                    continuation_logprobs(
+                        model,
+                        tokenizer,
+                        [p for p, _ in pairs],
+                        [t for _, t in pairs],
+                        chat=chat,
+                        batch_size=batch_size,
+                    )
+                )
+                scores = [[next(plain) for _ in texts[i]] for i in batch]
             yield PromptBatch(
                 indices=list(batch),
                 phrases=scores,
                 log_probs=lp.cpu() if log_probs and lp is not None else None,
                 hidden=hidden,
             )
+
+
+def choice_logprobs(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    *,
+    chat: bool = True,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """``log p(choices[i][k] | prompts[i])`` for every prompt ``i`` and choice ``k``.
+
+    The multiple-choice form of :func:`continuation_logprobs` (whose results these equal up to
+    float rounding): each prompt runs once and its choices are scored from its key/value cache
+    (:func:`score_prompts` with ``choices``), instead of one forward pass over prompt + choice
+    per choice. lm-eval's HFLM (``_loglikelihood_tokens``) runs the whole sequence per choice;
+    on the same tokens the two agree to float rounding (``tests/models/test_scoring_lm_eval.py``,
+    ``bench/scoring.py``). Tokens: the prompt as :func:`encode_prompt` gives it, each choice
+    encoded on its own (``add_special_tokens=False``), not lm-eval's split of the joint
+    encoding of context + continuation.
+    """
+    scores: list[list[float]] = [[] for _ in prompts]
+    for batch in score_prompts(
+        model, tokenizer, prompts, choices=choices, chat=chat, batch_size=batch_size
+    ):
+        for index, row in zip(batch.indices, batch.phrases, strict=True):
+            scores[index] = row
+    return scores
 
 
 def cached_scoring_supported(model: Any) -> bool:
@@ -334,6 +380,17 @@ def _encode_phrases(tokenizer: Any, phrases: Sequence[str]) -> list[list[int]]:
     ]
 
 
+def _encode_continuations(tokenizer: Any, texts: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+    """Each row's continuations encoded on their own (:func:`_encode_phrases`), each distinct
+    text once."""
+    known: dict[str, list[int]] = {}
+    for row in texts:
+        for text in row:
+            if text not in known:
+                (known[text],) = _encode_phrases(tokenizer, [text])
+    return [[known[text] for text in row] for row in texts]
+
+
 def phrase_logprobs_from_cache(
     model: Any,
     tokenizer: Any,
@@ -351,57 +408,89 @@ def phrase_logprobs_from_cache(
     it in place, the others a copy. The model must pass :func:`cached_scoring_supported`.
     Equals :func:`continuation_logprobs` up to float rounding.
     """
-    return _phrase_scores(
-        model, _encode_phrases(tokenizer, phrases), log_probs, attention_mask, cache
-    )
+    phrase_ids = _encode_phrases(tokenizer, phrases)
+    rows = [phrase_ids] * attention_mask.shape[0]
+    return _continuation_scores(model, rows, log_probs, attention_mask, cache)
 
 
-def _phrase_scores(
-    model: Any, phrase_ids: Sequence[Sequence[int]], log_probs: Any, attention_mask: Any, cache: Any
+def _continuation_scores(
+    model: Any,
+    conts: Sequence[Sequence[Sequence[int]]],
+    log_probs: Any,
+    attention_mask: Any,
+    cache: Any,
+    *,
+    chunk: int = 32,
 ) -> list[list[float]]:
-    """:func:`phrase_logprobs_from_cache` of encoded phrases (``cache`` may be ``None`` when no
-    phrase has more than one token)."""
-    # The last phrase that runs on the cache gets the cache itself, the others a copy.
-    last_on_cache = max((k for k, ids in enumerate(phrase_ids) if len(ids) > 1), default=-1)
+    """Scores of encoded continuations (``conts[r]``: row ``r``'s) after cached prompts.
+
+    A continuation's first token is read from ``log_probs[r]``. The rest run from the cache:
+    the (row, continuation) pairs of several tokens, sorted by length, ``chunk`` pairs to a
+    forward pass, each pass on the cache's rows of its pairs (a copy, except for the last
+    pass, which uses the cache itself). ``cache`` may be ``None`` when no continuation has
+    more than one token.
+    """
+    import torch
+
     keyword = _cache_keyword(model)
     device = model_device(model)
-    scores = [[0.0] * len(phrase_ids) for _ in range(attention_mask.shape[0])]
-    for k, ids in enumerate(phrase_ids):
-        if not ids:
-            continue
-        total = log_probs[:, ids[0]]
-        if len(ids) > 1:
-            if cache is None or keyword is None:
-                raise ValueError("scoring a phrase of several tokens needs the prompts' cache")
-            rest = _score_from_cache(
-                model,
-                attention_mask,
-                ids,
-                cache if k == last_on_cache else copy.deepcopy(cache),
-                keyword,
-                device,
-            )
-            total = total + rest.to(total.device)
-        for row, value in enumerate(total.tolist()):
-            scores[row][k] = float(value)
+    firsts = log_probs.float().cpu()
+    scores = [
+        [float(firsts[r, ids[0]]) if ids else 0.0 for ids in row] for r, row in enumerate(conts)
+    ]
+    pairs = sorted(
+        ((r, k) for r, row in enumerate(conts) for k, ids in enumerate(row) if len(ids) > 1),
+        key=lambda p: (len(conts[p[0]][p[1]]), p),
+    )
+    if not pairs:
+        return scores
+    if cache is None or keyword is None:
+        raise ValueError("scoring a continuation of several tokens needs the prompts' cache")
+    parts = [pairs[s : s + chunk] for s in range(0, len(pairs), chunk)]
+    for n, part in enumerate(parts):
+        rows = [r for r, _ in part]
+        selected = cache if n == len(parts) - 1 else copy.deepcopy(cache)
+        if rows != list(range(attention_mask.shape[0])):
+            selected.batch_select_indices(torch.tensor(rows, device=device))
+        rest = _score_from_cache(
+            model,
+            attention_mask.cpu()[rows],
+            [conts[r][k] for r, k in part],
+            selected,
+            keyword,
+            device,
+        )
+        for (r, k), value in zip(part, rest.tolist(), strict=True):
+            scores[r][k] += value
     return scores
 
 
 def _score_from_cache(
-    model: Any, attention_mask: Any, ids: Sequence[int], cache: Any, keyword: str, device: Any
+    model: Any,
+    attention_mask: Any,
+    ids: Sequence[Sequence[int]],
+    cache: Any,
+    keyword: str,
+    device: Any,
 ) -> Any:
-    """Summed log-probabilities of ``ids[1:]`` after each (left-padded) cached prompt.
+    """Summed log-probabilities of ``ids[r][1:]`` after each (left-padded) cached prompt ``r``.
 
-    ``attention_mask`` is the prompts' mask; ``cache`` holds their keys and values and is
-    extended in place. One forward pass over ``ids[:-1]`` for every row: its logits predict
-    ``ids[1:]``. Returns a ``(rows,)`` float32 tensor.
+    ``attention_mask`` is the prompts' mask; ``cache`` holds their keys and values, one row per
+    row of ``ids``, and is extended in place. One forward pass over each row's ``ids[r][:-1]``,
+    right-padded to the longest (a causal model's real positions never see the padding): its
+    logits predict ``ids[r][1:]``. Returns a ``(rows,)`` float32 tensor.
     """
     import torch
 
-    attention_mask = attention_mask.cpu()
-    n_rows, n = attention_mask.shape[0], len(ids) - 1
-    tokens = torch.tensor(ids[:-1], dtype=torch.long).expand(n_rows, n)
-    mask = torch.cat([attention_mask, torch.ones((n_rows, n), dtype=torch.long)], dim=-1)
+    n_rows, n = attention_mask.shape[0], max(len(row) for row in ids) - 1
+    tokens = torch.zeros((n_rows, n), dtype=torch.long)
+    targets = torch.zeros((n_rows, n), dtype=torch.long)
+    real = torch.zeros((n_rows, n), dtype=torch.bool)
+    for r, row in enumerate(ids):
+        tokens[r, : len(row) - 1] = torch.tensor(row[:-1], dtype=torch.long)
+        targets[r, : len(row) - 1] = torch.tensor(row[1:], dtype=torch.long)
+        real[r, : len(row) - 1] = True
+    mask = torch.cat([attention_mask, real.long()], dim=-1)
     positions = attention_mask.sum(-1, keepdim=True) + torch.arange(n)
     with torch.inference_mode():
         logits = model(
@@ -412,8 +501,8 @@ def _score_from_cache(
             **{keyword: cache},
         ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    targets = torch.tensor(ids[1:], dtype=torch.long, device=logprobs.device).expand(n_rows, n)
-    return logprobs.gather(-1, targets[..., None])[..., 0].sum(-1)
+    picked = logprobs.gather(-1, targets.to(logprobs.device)[..., None])[..., 0]
+    return picked.masked_fill(~real.to(picked.device), 0.0).sum(-1).cpu()
 
 
 def refusal_margins(

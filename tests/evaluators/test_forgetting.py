@@ -48,11 +48,16 @@ def _script(
     def generate(model: Any, tok: Any, prompts: Sequence[str], **_: Any) -> list[str]:
         return [answers.get(p, "nothing") for p in prompts]
 
-    def logprobs(model: Any, tok: Any, prompts: Sequence[str], conts: Sequence[str], **_: Any):
-        return [0.0 if prefer.get(p) == c else -1.0 for p, c in zip(prompts, conts, strict=True)]
+    def logprobs(
+        model: Any, tok: Any, prompts: Sequence[str], choices: Sequence[Sequence[str]], **_: Any
+    ) -> list[list[float]]:
+        return [
+            [0.0 if prefer.get(p) == c else -1.0 for c in row]
+            for p, row in zip(prompts, choices, strict=True)
+        ]
 
     monkeypatch.setattr("audit.models.generation.generate", generate)
-    monkeypatch.setattr("audit.models.scoring.continuation_logprobs", logprobs)
+    monkeypatch.setattr("audit.models.scoring.choice_logprobs", logprobs)
 
 
 def _run(params: ForgettingEvaluator.Params, suite_dir: Path) -> EvalResult:

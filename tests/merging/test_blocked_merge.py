@@ -11,7 +11,6 @@ several blocks and end in a partial one; one test keeps the real block size.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from contributors import read_state, write_contributors
 
 from audit.merging import stream
 from audit.merging import tensor_methods as tm
@@ -244,45 +244,24 @@ def test_selection_is_exact(kind: str) -> None:
 # --------------------------------------------------------------------------- streamed
 
 
-def _state(directory: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    return load_file(directory / "model.safetensors")
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tiny_checkpoint_factory: Factory, tmp_path_factory: Any) -> list[Path]:
     """A base and three contributors whose task vectors are small multiples of 2⁻¹⁰ (ties at
     every threshold) in even tensors and Gaussian in odd ones; one entry's trimmed task vectors
     sum to exactly 0 (the global majority sign)."""
     import torch
-    from safetensors.torch import save_file
 
-    base = tiny_checkpoint_factory(30)
-    state = _state(base)
-    root = tmp_path_factory.mktemp("blocked-merge")
     g = torch.Generator().manual_seed(1)
-    out = [base]
-    for c in range(3):
-        directory = root / f"c{c}"
-        shutil.copytree(base, directory)
-        tensors = {}
-        for j, name in enumerate(sorted(state)):
-            t = state[name]
-            if not t.is_floating_point():
-                tensors[name] = t
-                continue
-            if j % 2:
-                noise = torch.randn(t.shape, generator=g) * 0.01
-            else:
-                noise = torch.randint(-4, 5, t.shape, generator=g).float() * 2.0**-10
-            tensors[name] = (t.float() + noise).to(t.dtype)
-        flat = tensors["model.embed_tokens.weight"].view(-1)
-        flat[0] = state["model.embed_tokens.weight"].view(-1)[0] + (0.0, 1000.0, -1000.0)[c]
-        tensors.pop("lm_head.weight", None)  # tied to the embeddings
-        save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-        out.append(directory)
-    return out
+
+    def noise(c: int, j: int, t: Any) -> Any:
+        if j % 2:
+            return torch.randn(t.shape, generator=g) * 0.01
+        return torch.randint(-4, 5, t.shape, generator=g).float() * 2.0**-10
+
+    root = tmp_path_factory.mktemp("blocked-merge")
+    return write_contributors(
+        tiny_checkpoint_factory(30), root, noise, ("model.embed_tokens.weight", 0)
+    )
 
 
 def _adapter(base: Path, root: Path) -> Path:
@@ -395,6 +374,6 @@ def test_file_and_lora_contributors(
         merge_to_directory(
             plan, fn, [1.0, 0.5, 2.0, 1.0], out, options=options, seed=4, scaling=0.7
         )
-        written = _state(out)
+        written = read_state(out)
         for name in got:
             assert_bits(written[name], got[name], name)

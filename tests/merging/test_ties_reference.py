@@ -12,12 +12,12 @@ is ``sign(Σ rows)`` with zeros set to ``sign(Σ signs)``, and agreeing entries 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from contributors import read_state, write_contributors
 
 from audit.interventions.merge import MergeIntervention
 from audit.merging.base import TensorContext
@@ -45,47 +45,26 @@ def oracle(flat: Any, k_percent: float = 20, lam: float = 1.0) -> Any:
     return lam * selected.sum(dim=0) / torch.clamp(counts, min=1)
 
 
-def _state(directory: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    return load_file(directory / "model.safetensors")
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tiny_checkpoint_factory: Factory, tmp_path_factory: Any) -> list[Path]:
     """A base and three contributors whose task vectors differ in scale from tensor to tensor
     (so global and per-tensor top-k keep different entries), with one exact zero-sum entry."""
     import torch
-    from safetensors.torch import save_file
 
-    base = tiny_checkpoint_factory(20)
-    state = _state(base)
-    root = tmp_path_factory.mktemp("ties-reference")
     generator = torch.Generator().manual_seed(0)
-    out = [base]
-    for c in range(3):
-        directory = root / f"c{c}"
-        shutil.copytree(base, directory)
-        tensors = {}
-        for j, name in enumerate(sorted(state)):
-            t = state[name]
-            scale = 10.0 ** ((j + c) % 4 - 2)
-            noise = torch.randn(t.shape, generator=generator) * scale
-            tensors[name] = (t.float() + noise).to(t.dtype) if t.is_floating_point() else t
-        name, i = ZERO_SUM
-        flat = tensors[name].view(-1)
-        flat[i] = state[name].view(-1)[i] + (0.0, 1000.0, -1000.0)[c]
-        tensors.pop("lm_head.weight", None)  # tied to the embeddings
-        save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-        out.append(directory)
-    return out
+
+    def noise(c: int, j: int, t: Any) -> Any:
+        return torch.randn(t.shape, generator=generator) * 10.0 ** ((j + c) % 4 - 2)
+
+    root = tmp_path_factory.mktemp("ties-reference")
+    return write_contributors(tiny_checkpoint_factory(20), root, noise, ZERO_SUM)
 
 
 def _expected(checkpoints: list[Path], names: list[str]) -> dict[str, Any]:
     import torch
 
-    base = _state(checkpoints[0])
-    contributors = [_state(c) for c in checkpoints[1:]]
+    base = read_state(checkpoints[0])
+    contributors = [read_state(c) for c in checkpoints[1:]]
     ordered = sorted(names)  # state_dict_to_vector sorts the keys
     flat_ptm = torch.cat([base[n].float().reshape(-1) for n in ordered])
     flat_ft = torch.stack(
@@ -104,19 +83,19 @@ def test_streamed_ties_equals_the_reference(checkpoints: list[Path], tmp_path: P
     import torch
 
     plan = plan_merge(checkpoints[0], checkpoints[1:])
-    merged_names = [n for n in plan.names if _state(checkpoints[0])[n].is_floating_point()]
+    merged_names = [n for n in plan.names if read_state(checkpoints[0])[n].is_floating_point()]
     expected = _expected(checkpoints, merged_names)
     # the merge intervention's defaults (density None → 0.2, trim "global") are the reference's
     options = MergeIntervention.Params(base="b", method="ties")
     assert options.density is None and options.trim == "global"
     stats = merge_to_directory(plan, ties, [1.0, 1.0, 1.0], tmp_path / "out", options=options)
-    got = _state(tmp_path / "out")
+    got = read_state(tmp_path / "out")
     assert stats.merged == len(merged_names)
     for name in merged_names:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=0, msg=name)
     # the exact zero-sum entry took the global majority sign (not peft's + nor 0)
     name, i = ZERO_SUM
-    delta = float(got[name].view(-1)[i] - _state(checkpoints[0])[name].view(-1)[i])
+    delta = float(got[name].view(-1)[i] - read_state(checkpoints[0])[name].view(-1)[i])
     assert abs(abs(delta) - 1000.0) < 1e-2
 
 
@@ -124,7 +103,7 @@ def test_per_tensor_trim_is_not_the_reference(checkpoints: list[Path]) -> None:
     import torch
 
     plan = plan_merge(checkpoints[0], checkpoints[1:])
-    base = _state(checkpoints[0])
+    base = read_state(checkpoints[0])
     merged_names = [n for n in plan.names if base[n].is_floating_point()]
     expected = _expected(checkpoints, merged_names)
     options = PeftOptions(density=0.2, trim="tensor")

@@ -15,6 +15,7 @@ from audit.models.loading import load_checkpoint
 from audit.models.scoring import (
     DEFAULT_COMPLIANCES,
     DEFAULT_REFUSALS,
+    choice_logprobs,
     continuation_logprobs,
     logsumexp,
     refusal_margins,
@@ -85,21 +86,24 @@ def test_batched_equals_per_item_and_plain_forward(handle: ModelHandle, chat: bo
     assert whole == pytest.approx(batched, rel=1e-5, abs=1e-5)
 
 
-def test_right_padding_when_forward_takes_no_position_ids(handle: ModelHandle) -> None:
+def ids_and_mask_only(inner: Any) -> Any:
+    """``inner`` behind a forward that takes neither position ids, logits_to_keep nor a cache."""
     import torch
 
-    class NoPositions(torch.nn.Module):
-        """A causal LM whose forward takes neither position ids nor logits_to_keep."""
-
-        def __init__(self, inner: Any) -> None:
+    class IdsAndMaskOnly(torch.nn.Module):
+        def __init__(self) -> None:
             super().__init__()
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask)
 
+    return IdsAndMaskOnly()
+
+
+def test_right_padding_when_forward_takes_no_position_ids(handle: ModelHandle) -> None:
     model, tok = handle.model, handle.tokenizer
-    wrapped = NoPositions(model)
+    wrapped = ids_and_mask_only(model)
     batched = continuation_logprobs(wrapped, tok, PROMPTS, CONTINUATIONS, batch_size=4)
     left = continuation_logprobs(model, tok, PROMPTS, CONTINUATIONS, batch_size=4)
     assert batched == pytest.approx(left, rel=1e-5, abs=1e-5)
@@ -327,3 +331,58 @@ def test_score_prompts_input_errors(handle: ModelHandle) -> None:
         list(score_prompts(model, no_bos, [""], chat=False))
     (batch,) = score_prompts(model, tok, ["hi", "bake bread"])
     assert batch.log_probs is None and batch.hidden is None and batch.phrases == [[], []]
+
+
+CHOICES = [
+    ["sure , here is how to do it .", "no", "i cannot help with that ."],
+    ["hello", "", "sorry"],
+    ["yes", "the computer is my friend", "no , never", "sorry , i cannot help with that ."],
+    ["five", "six"],
+    ["the cake", "a poem about the cake"],
+    ["sure", "i cannot"],
+    ["one two three", "eleven", "sorry , i cannot help with that . sorry , i cannot"],
+]
+
+
+@pytest.mark.parametrize(("chat", "batch_size"), [(True, 3), (False, 2), (True, 64)])
+def test_choices_scored_from_the_cache_equal_plain_scoring(
+    handle: ModelHandle, chat: bool, batch_size: int
+) -> None:
+    """Each prompt's own choices, scored from its cache in chunks of ``batch_size`` pairs
+    (copies of the cache but for the last chunk), equal scoring every (prompt, choice) pair
+    with its own forward pass."""
+    model, tok = handle.model, handle.tokenizer
+    got = choice_logprobs(model, tok, PROMPTS, CHOICES, chat=chat, batch_size=batch_size)
+    pairs = [(p, c) for p, row in zip(PROMPTS, CHOICES, strict=True) for c in row]
+    plain = continuation_logprobs(
+        model, tok, [p for p, _ in pairs], [c for _, c in pairs], chat=chat, batch_size=4
+    )
+    assert [len(row) for row in got] == [len(row) for row in CHOICES]
+    flat = [v for row in got for v in row]
+    assert flat == pytest.approx(plain, rel=1e-5, abs=1e-5)
+    assert got[1][1] == 0.0  # the empty choice
+    assert len({round(v, 3) for v in flat if v != 0.0}) == len(flat) - 1  # a real check
+    # the shared-phrase form is the same computation
+    (batch,) = score_prompts(model, tok, PROMPTS[:2], choices=[CHOICES[0]] * 2, chat=chat)
+    shared = choice_logprobs(model, tok, PROMPTS[:2], [CHOICES[0]] * 2, chat=chat)
+    by_index = dict(zip(batch.indices, batch.phrases, strict=True))
+    assert [by_index[0], by_index[1]] == shared
+
+
+def test_choices_without_a_cache_score_the_plain_way(handle: ModelHandle) -> None:
+    model, tok = handle.model, handle.tokenizer
+    expected = choice_logprobs(model, tok, PROMPTS, CHOICES, batch_size=3)
+    got = choice_logprobs(ids_and_mask_only(model), tok, PROMPTS, CHOICES, batch_size=3)
+    assert [v for row in got for v in row] == pytest.approx(
+        [v for row in expected for v in row], abs=1e-5
+    )
+
+
+def test_choices_input_errors(handle: ModelHandle) -> None:
+    model, tok = handle.model, handle.tokenizer
+    with pytest.raises(ValueError, match="2 prompts but 1 lists of choices"):
+        choice_logprobs(model, tok, ["a", "b"], [["c"]])
+    with pytest.raises(ValueError, match="not both"):
+        list(score_prompts(model, tok, ["a"], phrases=["x"], choices=[["y"]]))
+    assert choice_logprobs(model, tok, [], []) == []
+    assert choice_logprobs(model, tok, ["a"], [[]]) == [[]]
