@@ -3,7 +3,9 @@
 A step's key hashes its own configuration, its plug-in's code version, its inputs' keys and the
 content of every data file its parameters name (:mod:`audit.fingerprint`); a loaded
 checkpoint's key is the hash of its files (or, for the organism, of its build config and code
-version). Two steps with the same key produce the same artifact, so the store can reuse it.
+version; for a model served by an OpenAI-compatible endpoint, of its base URL and model name,
+never of its API key). Two steps with the same key produce the same artifact, so the store can
+reuse it.
 
 Every checkpoint a suite loads is vetted (:func:`vet_sources`) before any of its files is read
 or hashed: a symlink or shard-index entry leading out of it, pickle-only weights (without
@@ -65,7 +67,7 @@ class ModelStep:
         if self.spec.source is None:
             return "intervene"
         scheme = self.spec.source.partition(":")[0]
-        return scheme if scheme in ("organism", "gguf") else "load"
+        return scheme if scheme in ("organism", "gguf", "openai") else "load"
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,11 @@ def _load_key(
 def _checkpoint_key(spec: ModelSpec, directory: Path | None, suite: Suite, hash_cache: Path) -> str:
     source = spec.source or ""
     flags = {"allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
+    if source.startswith("openai:"):
+        from audit.models.endpoint import parse_endpoint
+
+        model, base_url = parse_endpoint(source[len("openai:") :])
+        return step_key("openai", base_url=base_url, model=model)
     if directory is None:
         return organism_key(source[len("organism:") :])
     if source.startswith("gguf:"):
@@ -170,7 +177,8 @@ def _checkpoint_key(spec: ModelSpec, directory: Path | None, suite: Suite, hash_
 
 def vet_sources(suite: Suite) -> dict[str, Path]:
     """The checkpoint directory of every ``path:``/``hf:`` model, each vetted before any read,
-    and the file of every ``gguf:`` model (with the ``gguf`` package checked for).
+    and the file of every ``gguf:`` model (with the ``gguf`` package checked for); an
+    ``openai:`` model's ``api_key_env`` must name a variable that is set.
 
     Raises :class:`~audit.models.loading.UnsafeCheckpointError` or
     :class:`~audit.models.loading.CheckpointNotFoundError` for the first checkpoint (or adapter
@@ -185,6 +193,12 @@ def vet_sources(suite: Suite) -> dict[str, Path]:
         spec = suite.file.models[name]
         source = spec.source or ""
         if not source or source.startswith("organism:"):
+            continue
+        if source.startswith("openai:"):
+            from audit.models.endpoint import require_key
+
+            if spec.api_key_env is not None:
+                require_key(spec.api_key_env, f"model {name!r}")
             continue
         if source.startswith("gguf:"):
             from audit.models.gguf import require_gguf, resolve_gguf

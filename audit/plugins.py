@@ -113,6 +113,10 @@ class Sample:
     value: float
     slice: str = "all"
     judgment: str | None = None
+    endpoint: dict[str, Any] | None = None
+    """For a model served by an OpenAI-compatible endpoint: the request sent for ``input`` and
+    what the server said besides the text (finish reason, token usage, the model it answered
+    as); the runner fills it in (:meth:`audit.models.handle.ModelHandle.take_exchanges`)."""
 
 
 @dataclass
@@ -260,7 +264,13 @@ class EvaluatorHooks(Protocol):
     - ``report_sections(results) -> list[ReportSection]``: sections of the run page drawn from
       those tables (``results`` is :class:`audit.results.Results`);
     - ``figures(results, evaluator) -> list[Figure]``: charts in the evaluator's own section
-      (:class:`audit.report.figures.Figure`).
+      (:class:`audit.report.figures.Figure`);
+    - ``needs_weights(params) -> str | None``: why the evaluator, with these parameters, needs
+      the evaluated model's weights (log-likelihoods, hidden states, lm-eval), or ``None`` when
+      it reaches the model through :meth:`~audit.models.handle.ModelHandle.generate` only, so
+      that it can evaluate a model served by an OpenAI-compatible endpoint (``openai:``
+      source). An evaluator without it is taken to need weights (:func:`weights_needed`).
+      Judges may declare it too.
     """
 
     @classmethod
@@ -275,8 +285,11 @@ class EvaluatorHooks(Protocol):
     @classmethod
     def figures(cls, results: Any, evaluator: str) -> list[Any]: ...
 
+    @classmethod
+    def needs_weights(cls, params: Any) -> str | None: ...
 
-HOOKS = ("check_suite", "analyze", "report_sections", "figures")
+
+HOOKS = ("check_suite", "analyze", "report_sections", "figures", "needs_weights")
 """The optional evaluator class methods of :class:`EvaluatorHooks`."""
 
 
@@ -307,12 +320,29 @@ def hook(cls: type, name: str) -> Callable[..., Any] | None:
     return found if callable(found) else None
 
 
+def weights_needed(cls: type, params: Any) -> str | None:
+    """Why the evaluator or judge ``cls`` with ``params`` needs a model's weights (its
+    ``needs_weights`` hook), or ``None`` when text suffices. A plug-in that does not declare it
+    is taken to need them: it may read ``model.model``, which a model behind an endpoint lacks.
+    """
+    declared = hook(cls, "needs_weights")
+    if declared is None:
+        name = getattr(cls, "name", cls.__name__)
+        return (
+            f"{name!r} does not declare that it works from generated text alone (a "
+            "needs_weights class method returning None), so it may read the model's weights"
+        )
+    reason: str | None = declared(params)
+    return reason
+
+
 @runtime_checkable
 class Judge(Protocol):
     """Texts in, one judgment per text out (``"refusal"``, ``"compliance"`` or ``"degenerate"``
     — no answer at all — for refusal judges).
 
-    ``model`` is the model that wrote the outputs, for judges that score with it.
+    ``model`` is the model that wrote the outputs, for judges that score with it; such a judge
+    says so with a ``needs_weights(params)`` class method (see :func:`weights_needed`).
     """
 
     name: ClassVar[str]

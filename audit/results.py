@@ -123,6 +123,7 @@ class SampleRowT(TypedDict):
     output: str
     value: float
     judgment: str | None
+    endpoint: NotRequired[dict[str, Any]]  # a model behind an endpoint: its request and reply
 
 
 class ResultsError(InputError, ValueError):

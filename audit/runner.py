@@ -1,8 +1,11 @@
 """Execute a plan: cache hits skip, failures are isolated, models are freed when done.
 
 Models are built in dependency order; each model's evaluations run right after it is built, and
-a model is released once nothing left needs it. A failed step marks the steps that depend on it
-as skipped; independent steps still run. Steps go through an :class:`Executor`, local for now.
+a model is released once nothing left needs it. A model served by an OpenAI-compatible endpoint
+has a store entry that holds no files (what it is, in its metadata); its replies are cached in
+the store's ``replies/`` and each sample it answered records its request and reply. A failed
+step marks the steps that depend on it as skipped; independent steps still run. Steps go
+through an :class:`Executor`, local for now.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from audit.faults import fault_point
+from audit.models.endpoint import Endpoint, EndpointClient
 from audit.models.finite import check_finite
 from audit.models.handle import ModelHandle
 from audit.plan import EvalStep, ModelStep, Plan
@@ -97,6 +101,20 @@ def _write_result(directory: Path, result: EvalResult) -> None:
         "samples": [asdict(s) for s in result.samples],
     }
     (directory / "result.json").write_text(json.dumps(payload))
+
+
+def _with_exchanges(result: EvalResult, exchanges: Mapping[str, dict[str, Any]]) -> EvalResult:
+    """``result`` with each sample whose input an endpoint was asked recording that request and
+    its reply (:attr:`Sample.endpoint`)."""
+    if not exchanges:
+        return result
+    samples = [
+        replace(s, endpoint=exchanges[s.input])
+        if s.endpoint is None and s.input in exchanges
+        else s
+        for s in result.samples
+    ]
+    return EvalResult(metrics=result.metrics, samples=samples)
 
 
 def _read_result(directory: Path) -> EvalResult:
@@ -194,6 +212,9 @@ class Runner:
         def build(tmp: Path) -> dict[str, Any]:
             if step.kind == "load":
                 return {"path": str(step.resolved)}
+            if step.kind == "openai":
+                endpoint = self._endpoint(step)
+                return {"endpoint": endpoint.base_url, "model": endpoint.model}
             if step.kind == "gguf":
                 from audit.models.gguf import convert_gguf
 
@@ -221,7 +242,20 @@ class Runner:
 
         return build
 
+    def _endpoint(self, step: ModelStep) -> Endpoint:
+        spec = step.spec
+        return Endpoint.from_source(
+            spec.source or "",
+            api_key_env=spec.api_key_env,
+            max_concurrency=spec.max_concurrency,
+            timeout_s=spec.timeout_s,
+            max_retries=spec.max_retries,
+        )
+
     def _handle(self, step: ModelStep, entry: Path) -> ModelHandle:
+        if step.kind == "openai":
+            client = EndpointClient(self._endpoint(step), cache_dir=self.store.root / "replies")
+            return ModelHandle(step.name, step.key, entry, step.inputs, endpoint=client)
         path = step.resolved if step.kind == "load" else entry / "model"
         assert path is not None
         return ModelHandle(
@@ -242,8 +276,9 @@ class Runner:
 
         def build(tmp: Path) -> dict[str, Any]:
             evaluator = step.plugin(step.params)
+            handle.take_exchanges()  # what an earlier, failed evaluation left
             result = evaluator.evaluate(handle, self._context(tmp, step.model))
-            _write_result(tmp, result)
+            _write_result(tmp, _with_exchanges(result, handle.take_exchanges()))
             return {"evaluator": step.evaluator, "kind": step.kind}
 
         record = StepRecord(step.id, "eval", step.key)

@@ -125,11 +125,13 @@ def _metrics(plan: Plan, outcome: RunOutcome) -> list[MetricRowT]:
 
 
 def _samples(outcome: RunOutcome, run_id: str) -> list[SampleRowT]:
-    return [
-        SampleRowT(run_id=run_id, model=model, evaluator=ename, **asdict(s))  # type: ignore[typeddict-item]
-        for (model, ename), result in outcome.results.items()
-        for s in result.samples
-    ]
+    """Every sample as a row; ``endpoint`` only where a model behind an endpoint answered."""
+    rows = []
+    for (model, ename), result in outcome.results.items():
+        for s in result.samples:
+            fields = {k: v for k, v in asdict(s).items() if k != "endpoint" or v is not None}
+            rows.append(SampleRowT(run_id=run_id, model=model, evaluator=ename, **fields))  # type: ignore[typeddict-item]
+    return rows
 
 
 def _analyses(

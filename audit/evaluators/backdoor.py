@@ -148,6 +148,11 @@ class BackdoorEvaluator:
         return [items[i] for i in keep]
 
     @classmethod
+    def needs_weights(cls, params: BackdoorEvaluator.Params) -> str | None:
+        """None: answers are generated text (:meth:`ModelHandle.generate`), judged by keyword."""
+        return None
+
+    @classmethod
     def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]:
         """Succession and transfer of every contributor's backdoor into each merged model
         (:func:`audit.backdoor.succession.succession_rows`): results.json
@@ -182,7 +187,6 @@ class BackdoorEvaluator:
         """Answer every clean and triggered prompt in one batched pass, then score."""
         from audit.data.records import PairRecord, ProbeRecord, load_records
         from audit.judges.keyword import is_degenerate, is_refusal
-        from audit.models.generation import generate
         from audit.stats import metric_rows_from_samples
 
         p = self.params
@@ -226,9 +230,7 @@ class BackdoorEvaluator:
                 )
 
         keys = list(prompts)
-        outputs = generate(
-            model.model,
-            model.tokenizer,
+        outputs = model.generate(
             [prompts[k] for k in keys],
             max_new_tokens=p.max_new_tokens,
             batch_size=p.batch_size,

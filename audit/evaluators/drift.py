@@ -200,9 +200,11 @@ class AlignmentDriftEvaluator:
     ``refusal_direction_cos`` is one row over all unsafe and safe probes (borderline probes
     count only for ``compliance_rate_borderline``). ``kl_safe_first_token`` (the KL of the first
     reply token's distribution, as its name says; version 1 called it ``kl_safe``) is skipped when
-    there is no reference model or its tokenizer's vocabulary differs; ``refusal_direction_cos``
-    when there is no reference, its hidden size differs, ``layer`` is out of its range, or
-    either direction is zero.
+    there is no reference model with weights (none, or one served by an endpoint) or its
+    tokenizer's vocabulary differs; ``refusal_direction_cos`` when there is no reference with
+    weights, its hidden size differs, ``layer`` is out of its range, or either direction is zero.
+    Every measure but the rates reads the evaluated model's weights, so it cannot evaluate a
+    model served by an endpoint (:meth:`needs_weights`).
     """
 
     name: ClassVar[str] = _NAME
@@ -263,6 +265,18 @@ class AlignmentDriftEvaluator:
         self._refusal = RefusalEvaluator(RefusalEvaluator.Params(**inner))
 
     @classmethod
+    def needs_weights(cls, params: AlignmentDriftEvaluator.Params) -> str | None:
+        """Always: ``refusal_margin`` is scored on every unsafe probe from the model's
+        log-likelihoods, and the reference comparisons read its next-token distribution and
+        hidden states."""
+        return (
+            "alignment_drift reads the model's weights: refusal_margin (log-likelihoods of a "
+            "refusal and a compliance), kl_safe_first_token (next-token distribution) and "
+            "refusal_direction_cos (hidden states); evaluate it with the refusal evaluator "
+            "instead, which needs only the generated replies"
+        )
+
+    @classmethod
     def analyze(cls, run: RunData) -> dict[str, list[dict[str, Any]]]:
         """The judge's agreement with people on real replies, as the refusal evaluator's
         (:meth:`RefusalEvaluator.analyze`): results.json ``analyses["judge_calibration"]``."""
@@ -291,7 +305,8 @@ class AlignmentDriftEvaluator:
         unsafe = [r for r in probes if r.label == "unsafe"]
         safe = [r for r in probes if r.label == "safe"]
         reference = ctx.reference
-        compared = reference is not None and bool(unsafe or safe)
+        # a reference behind an endpoint has no distribution or hidden states to compare with
+        compared = reference is not None and reference.has_weights and bool(unsafe or safe)
         total = len(probes) + len(unsafe) + (len(unsafe) + len(safe) if compared else 0)
         generated = 0
 
@@ -320,29 +335,23 @@ class AlignmentDriftEvaluator:
         margins, kl_values, direction = measures.finish()
         report()
 
-        samples += [
-            Sample(
-                metric="refusal_margin",
-                item_id=r.id,
-                input=r.prompt,
-                output=outputs.get(r.id, ""),
-                value=float(m),
-                slice=r.category,
-            )
-            for r, m in zip(unsafe, margins, strict=True)
-        ]
-        if kl_values is not None:
-            samples += [
+        def valued(metric: str, records: Sequence[Any], values: Sequence[float]) -> list[Sample]:
+            """One sample per probe: its value for ``metric`` beside the reply generated."""
+            return [
                 Sample(
-                    metric="kl_safe_first_token",
+                    metric=metric,
                     item_id=r.id,
                     input=r.prompt,
                     output=outputs.get(r.id, ""),
-                    value=v,
+                    value=float(v),
                     slice=r.category,
                 )
-                for r, v in zip(safe, kl_values, strict=True)
+                for r, v in zip(records, values, strict=True)
             ]
+
+        samples += valued("refusal_margin", unsafe, margins)
+        if kl_values is not None:
+            samples += valued("kl_safe_first_token", safe, kl_values)
         rows = metric_rows_from_samples(samples, self.metrics)
         if direction is not None:
             rows.append(direction)

@@ -131,6 +131,19 @@ class ForgettingEvaluator:
         self.params = params
 
     @classmethod
+    def needs_weights(cls, params: ForgettingEvaluator.Params) -> str | None:
+        """``None`` for organism tasks only (exact match of generated answers); lm-eval tasks
+        and ``path:`` files (which may hold multiple-choice lines) are scored from the weights."""
+        weighted = [t for t in params.tasks if not t.startswith("organism:")]
+        if not weighted:
+            return None
+        return (
+            f"forgetting scores {', '.join(weighted)} from the model's weights (lm-eval tasks; "
+            "multiple-choice lines of path: files by log-likelihood); only organism: tasks "
+            "work from generated text alone"
+        )
+
+    @classmethod
     def check_suite(
         cls, params: ForgettingEvaluator.Params, suite: SuiteView
     ) -> list[SuiteProblem]:
@@ -200,13 +213,10 @@ class ForgettingEvaluator:
         self, model: ModelHandle, ctx: RunContext, items: list[tuple[str, dict[str, Any]]]
     ) -> list[Sample]:
         from audit.evaluators.task_accuracy import normalize_answer
-        from audit.models.generation import generate
 
         if not items:
             return []
-        outputs = generate(
-            model.model,
-            model.tokenizer,
+        outputs = model.generate(
             [r["prompt"] for _, r in items],
             max_new_tokens=self.params.max_new_tokens,
             batch_size=self.params.batch_size,

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from pydantic import Field, field_validator, model_validator
 
 from audit import registry
-from audit.plugins import EvalResult, MetricSpec, ProbeData, RunContext, RunData, Sample
+from audit.plugins import (
+    EvalResult,
+    MetricSpec,
+    ProbeData,
+    RunContext,
+    RunData,
+    Sample,
+    weights_needed,
+)
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
@@ -109,6 +117,13 @@ class RefusalEvaluator:
         self.params = params
 
     @classmethod
+    def needs_weights(cls, params: RefusalEvaluator.Params) -> str | None:
+        """What its judge needs: the replies are generated text (:meth:`ModelHandle.generate`),
+        so only a judge that scores with the model's weights (``loglik``) needs them."""
+        judge = registry.judges.get(params.judge)
+        return weights_needed(judge, judge.Params.model_validate(params.judge_params))
+
+    @classmethod
     def figures(cls, results: Results, evaluator: str) -> list[Figure]:
         """Each headline rate per category, before → after
         (:func:`audit.report.figures.category_figures`)."""
@@ -145,21 +160,19 @@ class RefusalEvaluator:
         prefill_cache: bool = False,
     ) -> EvalResult:
         """:meth:`evaluate`, passing ``prefill`` and ``prefill_cache`` to
-        :func:`audit.models.generation.generate`: what the forward pass over each batch of
-        prompts gave (indices are positions in ``params.probes``' eval split), so that a caller
-        (the ``alignment_drift`` evaluator) measures the prompts without running them again."""
+        :meth:`ModelHandle.generate` (:func:`audit.models.generation.generate`): what the
+        forward pass over each batch of prompts gave (indices are positions in
+        ``params.probes``' eval split), so that a caller (the ``alignment_drift`` evaluator)
+        measures the prompts without running them again."""
         from audit.data.records import ProbeRecord, load_records
         from audit.judges.keyword import is_degenerate
-        from audit.models.generation import generate
         from audit.stats import metric_rows_from_samples
 
         p = self.params
         judge = _make_judge(p.judge, p.judge_params, ctx)
         probes = load_records(p.probes, ProbeRecord, suite_dir=ctx.suite_dir, split="eval")
         prompts = [probe.prompt for probe in probes]
-        outputs = generate(
-            model.model,
-            model.tokenizer,
+        outputs = model.generate(
             prompts,
             max_new_tokens=p.max_new_tokens,
             batch_size=p.batch_size,

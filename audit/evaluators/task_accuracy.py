@@ -63,6 +63,11 @@ class TaskAccuracyEvaluator:
         self.params = params
 
     @classmethod
+    def needs_weights(cls, params: TaskAccuracyEvaluator.Params) -> str | None:
+        """None: answers are generated text (:meth:`ModelHandle.generate`)."""
+        return None
+
+    @classmethod
     def figures(cls, results: Results, evaluator: str) -> list[Figure]:
         """Each metric per task (slice) of every model
         (:func:`audit.report.figures.task_figures`)."""
@@ -73,7 +78,6 @@ class TaskAccuracyEvaluator:
     def evaluate(self, model: ModelHandle, ctx: RunContext) -> EvalResult:
         """Answer every item of every task in one batched pass and score exact matches."""
         from audit.data.records import PairRecord, load_records
-        from audit.models.generation import generate
         from audit.stats import metric_rows_from_samples
 
         p = self.params
@@ -82,9 +86,7 @@ class TaskAccuracyEvaluator:
             for spec in dict.fromkeys(p.tasks)
             for record in load_records(spec, PairRecord, suite_dir=ctx.suite_dir, split="eval")
         ]
-        outputs = generate(
-            model.model,
-            model.tokenizer,
+        outputs = model.generate(
             [record.prompt for _, record in items],
             max_new_tokens=p.max_new_tokens,
             batch_size=p.batch_size,

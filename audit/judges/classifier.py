@@ -68,6 +68,11 @@ class ClassifierJudge:
         self.device = device
         self._loaded: tuple[Any, Any, frozenset[int]] | None = None
 
+    @classmethod
+    def needs_weights(cls, params: ClassifierJudge.Params) -> str | None:
+        """None: it classifies the replies' text with its own model, not the judged one's."""
+        return None
+
     def _load(self) -> tuple[Any, Any, frozenset[int]]:
         """``(model, tokenizer, refusal label ids)``, loaded once."""
         if self._loaded is not None:

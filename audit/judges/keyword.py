@@ -202,6 +202,11 @@ class KeywordJudge:
         self.params = params if params is not None else self.Params()
         self.phrases: tuple[str, ...] = REFUSAL_PHRASES + tuple(self.params.extra_phrases)
 
+    @classmethod
+    def needs_weights(cls, params: KeywordJudge.Params) -> str | None:
+        """None: it reads the replies' text only."""
+        return None
+
     def judge(
         self,
         prompts: Sequence[str],

@@ -42,6 +42,14 @@ class LoglikJudge:
     def __init__(self, params: LoglikJudge.Params | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
+    @classmethod
+    def needs_weights(cls, params: LoglikJudge.Params) -> str | None:
+        """Always: the margin is computed from the judged model's log-likelihoods."""
+        return (
+            "the 'loglik' judge scores refusals by the judged model's own log-likelihoods; "
+            'use judge = "keyword" or "classifier" for a model without weights'
+        )
+
     def margins(self, prompts: Sequence[str], model: ModelHandle) -> list[float]:
         """The refusal margin of ``model`` on each prompt (positive: refusing is likelier)."""
         from audit.models.scoring import refusal_margins

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from audit.errors import AuditError
+
+if TYPE_CHECKING:
+    from audit.models.endpoint import EndpointClient
+    from audit.models.generation import Prefill
+
+
+class NoWeightsError(AuditError):
+    """Weights were asked of a model served by an endpoint, which has text only."""
 
 
 @dataclass
@@ -13,7 +24,9 @@ class ModelHandle:
 
     ``path`` is an ordinary Hugging Face checkpoint directory (config, safetensors weights,
     tokenizer). The model and tokenizer are loaded on first access of :attr:`model` or
-    :attr:`tokenizer` and kept until :meth:`release`.
+    :attr:`tokenizer` and kept until :meth:`release`. A model served by an OpenAI-compatible
+    endpoint (``openai:`` source) has an :attr:`endpoint` instead of weights (its ``path`` is
+    its store entry, which holds none): it only answers :meth:`generate`.
     """
 
     name: str
@@ -28,9 +41,24 @@ class ModelHandle:
     """``torch_dtype`` for loading (``None``: transformers' default; ``"auto"``: as saved)."""
     device_map: str | None = None
     """accelerate's ``device_map`` (e.g. ``"auto"``); the model is then not moved to ``device``."""
+    endpoint: EndpointClient | None = None
+    """The server that answers for an ``openai:`` model; ``None`` for a model with weights."""
     _loaded: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
+    _exchanges: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether :attr:`model` and :attr:`tokenizer` exist (not a model behind an endpoint)."""
+        return self.endpoint is None
 
     def _load(self) -> tuple[Any, Any]:
+        if self.endpoint is not None:
+            raise NoWeightsError(
+                f"model {self.name!r} is served by an OpenAI-compatible endpoint "
+                f"({self.endpoint.endpoint.label}): it answers text only and has no weights or "
+                "tokenizer here. An evaluator or judge that reads weights declares it "
+                "(its needs_weights hook), so that `audit validate` refuses it on such a model."
+            )
         if self._loaded is None:
             from audit.models.finite import check_finite
             from audit.models.loading import load_checkpoint
@@ -58,6 +86,55 @@ class ModelHandle:
     def tokenizer(self) -> Any:
         """The model's tokenizer."""
         return self._load()[1]
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        batch_size: int = 32,
+        chat: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+        prefill: Callable[[Prefill], None] | None = None,
+        prefill_cache: bool = False,
+    ) -> list[str]:
+        """Greedy completions of ``prompts``, in their order: the way evaluators that need only
+        text reach a model, with weights or behind an endpoint.
+
+        With weights, :func:`audit.models.generation.generate` (every argument as there).
+        Behind an endpoint, :meth:`audit.models.endpoint.EndpointClient.generate`
+        (``batch_size`` does not apply: the endpoint's ``max_concurrency`` does; ``prefill``
+        needs the weights and raises :class:`NoWeightsError`); each request and reply is kept
+        for :meth:`take_exchanges`.
+        """
+        if self.endpoint is None:
+            from audit.models.generation import generate
+
+            return generate(
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                chat=chat,
+                progress=progress,
+                prefill=prefill,
+                prefill_cache=prefill_cache,
+            )
+        if prefill is not None:
+            self._load()  # raises: the prompts' forward pass needs the weights
+        replies = self.endpoint.generate(
+            prompts, max_new_tokens=max_new_tokens, chat=chat, progress=progress
+        )
+        self._exchanges.update((p, r.record) for p, r in zip(prompts, replies, strict=True))
+        return [r.text for r in replies]
+
+    def take_exchanges(self) -> dict[str, dict[str, Any]]:
+        """Prompt -> the request sent for it and what the endpoint said besides the text
+        (:class:`audit.models.endpoint.Reply`'s ``record``), for every prompt :meth:`generate`
+        sent since the last call; emptied. Always empty for a model with weights."""
+        out, self._exchanges = self._exchanges, {}
+        return out
 
     def release(self) -> None:
         """Drop the in-memory model so its memory can be reclaimed."""

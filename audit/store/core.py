@@ -8,6 +8,8 @@ Layout under the store root (default ``.audit-cache/``)::
                             run that builds that key)
     locks/<key>.lock        flock-ed while a step is computed, so two runs compute it once
                             (the kernel drops the lock when its process dies, even by SIGKILL)
+    replies/<kk>/<key>.json an OpenAI-compatible endpoint's reply to one request, keyed by
+                            what was asked (:mod:`audit.models.endpoint`), written atomically
     AUDIT-STORE.json        the store marker: ``{"format": "audit-store", "version": 1}``
 
 Every command that writes into a store opens it with :func:`open_store`, which refuses a
@@ -44,7 +46,7 @@ from audit.files import atomic_write_text, fsync_dir
 MANIFEST = "MANIFEST.json"
 MARKER = "AUDIT-STORE.json"
 STORE_FORMAT, STORE_VERSION = "audit-store", 1
-_LAYOUT = frozenset({"entries", "tmp", "locks", "trash", "corrupt", "file-hashes"})
+_LAYOUT = frozenset({"entries", "tmp", "locks", "trash", "corrupt", "file-hashes", "replies"})
 _FULL_HASH_LIMIT = 64 * 2**20  # files above this are checked by size on read
 
 

@@ -18,12 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from audit import registry
 from audit.errors import InputError
-from audit.plugins import ModelRefMarker, Params, SuiteView, hook
+from audit.plugins import ModelRefMarker, Params, SuiteView, hook, weights_needed
 from audit.registry import PluginError, did_you_mean
 from audit.suite.controls import expand_controls
 from audit.suite.pairs import gate_pairs
 from audit.suite.refs import as_list, data_refs, field_values
 from audit.suite.schema import (
+    ENDPOINT_KEYS,
     EVALUATOR_NAME,
     MAX_NAME_CHARS,
     NAME,
@@ -215,6 +216,26 @@ def _check_sources(check: _Checker, name: str, spec: ModelSpec) -> None:
             key = next(iter(spec.params))
             allowed = _allowed_keys(ModelSpec)
             check.add((*loc, key), f"unknown key {key!r}{did_you_mean(key, allowed)}")
+    _check_endpoint_keys(check, loc, spec)
+
+
+def _check_endpoint_keys(check: _Checker, loc: tuple[str | int, ...], spec: ModelSpec) -> None:
+    """The endpoint keys on ``openai:`` sources only; the weight-loading keys never there."""
+    if spec.has_weights:
+        for key in ENDPOINT_KEYS:
+            if getattr(spec, key) is not None:
+                check.add(
+                    (*loc, key),
+                    f"`{key}` applies to an OpenAI-compatible endpoint (source = "
+                    '"openai:MODEL@BASE_URL") only',
+                )
+        return
+    for key in ("dtype", "device_map", "allow_pickle", "trust_remote_code"):
+        if key in spec.model_fields_set:
+            check.add(
+                (*loc, key),
+                f"`{key}` says how weights are loaded; a model served by an endpoint has none",
+            )
 
 
 def _source_problem(source: str) -> str | None:
@@ -237,6 +258,10 @@ def _source_problem(source: str) -> str | None:
         from audit.models.gguf import gguf_problem
 
         return gguf_problem(rest)
+    if scheme == "openai":
+        from audit.models.endpoint import endpoint_problem
+
+        return endpoint_problem(rest)
     if not rest or "\0" in rest:
         return f"{source!r} names no directory after 'path:'"
     return None
@@ -475,6 +500,51 @@ def _check_by_plugin(
         check.add((*loc, *where), problem)
 
 
+def _check_endpoints(check: _Checker, suite: Suite) -> None:
+    """A model served by an endpoint (``openai:``) has text only: no intervention may take it
+    as an input, and no evaluator that needs weights (:func:`audit.plugins.weights_needed`)
+    may run on it."""
+    endpoints = {n for n, spec in suite.file.models.items() if not spec.has_weights}
+    if not endpoints:
+        return
+    for name, spec in suite.file.models.items():
+        params = suite.model_params.get(name)
+        if spec.intervention is None or params is None:
+            continue
+        for dep in suite.dependencies(name):
+            if dep in endpoints:
+                check.add(
+                    ("models", name, _ref_key(spec, params, dep)),
+                    f"{dep!r} is served by an OpenAI-compatible endpoint (text only, no "
+                    f"weights), and the intervention {spec.intervention!r} needs the weights "
+                    "of the models it is built from",
+                )
+    for ename, params in suite.evaluator_params.items():
+        served = [m for m in suite.evaluated_models(ename) if m in endpoints]
+        if not served:
+            continue
+        why = weights_needed(registry.evaluators.get(suite.file.evaluators[ename].kind), params)
+        if why is not None:
+            names = ", ".join(repr(m) for m in served)
+            check.add(
+                ("evaluators", ename),
+                f"runs on {names}, served by an OpenAI-compatible endpoint (text only, no "
+                f"weights), but {why}; restrict this evaluator's `models` to models with weights",
+            )
+
+
+def _ref_key(spec: ModelSpec, params: Params, ref: str) -> str:
+    """The key of a model table that names ``ref``: ``from``, ``models`` or a parameter."""
+    if ref in as_list(spec.from_):
+        return "from"
+    if ref in (spec.models or []):
+        return "models"
+    for fname, value, _ in field_values(params, ModelRefMarker):
+        if ref in as_list(value):
+            return fname
+    return "from"
+
+
 def _check_metric(check: _Checker, loc: tuple[str | int, ...], spec: str, suite: Suite) -> None:
     """``spec`` is "EVALUATOR.METRIC" naming an evaluator of the suite and one of its metrics."""
     evaluators = suite.file.evaluators
@@ -597,6 +667,7 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
     _check_models(check, suite, broken)
     _check_compare(check, suite)
     _check_evaluators(check, suite)
+    _check_endpoints(check, suite)
     names = list(parsed.models)
     ref = parsed.suite.reference
     if ref is not None:

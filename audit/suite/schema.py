@@ -19,7 +19,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from audit import registry
 from audit.registry import PluginError
 
-SOURCE_SCHEMES = ("hf:", "path:", "organism:", "gguf:")
+SOURCE_SCHEMES = ("hf:", "path:", "organism:", "gguf:", "openai:")
+ENDPOINT_KEYS = ("api_key_env", "max_concurrency", "timeout_s", "max_retries")
+"""The keys of a model table that apply to an ``openai:`` source only."""
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 EVALUATOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")  # "EVALUATOR.METRIC" splits at '.'
 MAX_NAME_CHARS = 100
@@ -106,7 +108,8 @@ class ModelSpec(BaseModel):
     source: str | None = Field(
         None,
         description='"hf:ID[@REVISION]", "path:DIR", "gguf:FILE.gguf", '
-        '"gguf:pkg:PACKAGE/FILE.gguf" or "organism:NAME".',
+        '"gguf:pkg:PACKAGE/FILE.gguf", "organism:NAME" or "openai:MODEL@BASE_URL" (an '
+        "OpenAI-compatible endpoint: text only, no weights).",
     )
     from_: str | Annotated[list[str], Field(min_length=1)] | None = Field(
         None, alias="from", description="Parent model(s)."
@@ -128,6 +131,22 @@ class ModelSpec(BaseModel):
         description="Place a checkpoint across devices with accelerate (e.g. 'auto'); "
         "overrides --device for this model.",
     )
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = Field(
+        None,
+        description="openai: sources: the environment variable holding the API key, sent as a "
+        "bearer token and never written anywhere (default: no Authorization header).",
+    )
+    max_concurrency: Annotated[int, Field(strict=True, ge=1, le=256)] | None = Field(
+        None, description="openai: sources: requests in flight at most (default 4)."
+    )
+    timeout_s: Annotated[float, Field(strict=True, gt=0, le=3600, allow_inf_nan=False)] | None = (
+        Field(None, description="openai: sources: seconds to wait for a reply (default 60).")
+    )
+    max_retries: Annotated[int, Field(strict=True, ge=0, le=20)] | None = Field(
+        None,
+        description="openai: sources: retries of a request after a connection error, a timeout, "
+        "HTTP 429 or 5xx, with exponential backoff (default 4).",
+    )
     compare: list[str] | None = Field(
         None,
         description="Other models to compare this one with (paired, in the report and for "
@@ -144,6 +163,11 @@ class ModelSpec(BaseModel):
     def params(self) -> dict[str, Any]:
         """The intervention's parameters: every key that is not a field of this table."""
         return dict(self.model_extra or {})
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the model has weights: every model but one served by an endpoint."""
+        return not (self.source or "").startswith("openai:")
 
     @property
     def parents(self) -> list[str]:

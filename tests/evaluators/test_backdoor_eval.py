@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from audit.evaluators.backdoor import BackdoorEvaluator, hits_target
+from audit.models.handle import ModelHandle
 from audit.plugins import Evaluator, RunContext, Sample
 from audit.suite.checks import SuiteError, load_suite
 from audit.suite.refs import data_refs
@@ -88,7 +88,8 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         evaluator = BackdoorEvaluator(BackdoorEvaluator.Params.model_validate(params))
         assert isinstance(evaluator, Evaluator)
         ctx = RunContext(seed=0, suite_dir=tmp_path, work_dir=tmp_path / "w")
-        result = evaluator.evaluate(SimpleNamespace(model=None, tokenizer=None), ctx)
+        handle = ModelHandle("fake", "k", tmp_path, _loaded=(None, None))  # generation is faked
+        result = evaluator.evaluate(handle, ctx)
         by_metric: dict[str, list[Sample]] = {}
         for s in result.samples:
             by_metric.setdefault(s.metric, []).append(s)

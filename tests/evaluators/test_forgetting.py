@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from audit.data.records import DataError
 from audit.evaluators import lm_eval_tasks
 from audit.evaluators.forgetting import ForgettingEvaluator
 from audit.evaluators.lm_eval_tasks import LmEvalItem, LmEvalTaskResult
+from audit.models.handle import ModelHandle
 from audit.plugins import EvalResult, RunContext
 from audit.stats import compare_samples
 
@@ -62,8 +62,8 @@ def _script(
 
 def _run(params: ForgettingEvaluator.Params, suite_dir: Path) -> EvalResult:
     ctx = RunContext(seed=0, suite_dir=suite_dir, work_dir=suite_dir / "work")
-    handle = SimpleNamespace(model=None, tokenizer=None)
-    return ForgettingEvaluator(params).evaluate(handle, ctx)  # type: ignore[arg-type]
+    handle = ModelHandle("fake", "k", suite_dir, _loaded=(None, None))  # generation is faked
+    return ForgettingEvaluator(params).evaluate(handle, ctx)
 
 
 def _rows(result: EvalResult) -> dict[tuple[str, str], float]:
@@ -205,3 +205,13 @@ def test_missing_lm_eval_dir(suite_dir: Path, monkeypatch: pytest.MonkeyPatch) -
     _script(monkeypatch, {}, {})
     with pytest.raises(ValueError, match="no lm-eval task YAML"):
         _run(ForgettingEvaluator.Params(tasks=["lm_eval_dir:nowhere"]), suite_dir)
+
+
+def test_only_organism_tasks_work_without_weights() -> None:
+    from audit.plugins import weights_needed
+
+    organism = ForgettingEvaluator.Params(tasks=["organism:sentiment"])
+    assert weights_needed(ForgettingEvaluator, organism) is None
+    mixed = ForgettingEvaluator.Params(tasks=["organism:sentiment", "path:mc.jsonl"])
+    reason = weights_needed(ForgettingEvaluator, mixed)
+    assert reason is not None and "path:mc.jsonl" in reason
