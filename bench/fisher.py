@@ -1,7 +1,7 @@
 """Benchmark: per-sample Fisher, batched hooks (`fisher`) against one backward per example.
 
     .venv/bin/python bench/fisher.py [--threads 1] [--examples 64] [--reps 3] [--batch-size 16]
-                                     [--size 23m|3m] [--json OUT]
+                                     [--size 23m|3m] [--quick] [--json OUT]
 
 Builds a random LlamaForCausalLM from a config (hidden 512, 6 layers, 8 heads, intermediate
 1376, vocab 8000: about 23M parameters), makes ``--examples`` examples of 48-64 tokens with
@@ -12,7 +12,9 @@ each, their ratio, and how far the two results are apart (max abs difference ove
 ``--size 3m`` uses a 3.2M-parameter model instead (vocab 8000, hidden 192, 4 layers).
 Shared machines are noisy, so the fp32 matmul throughput is measured before and after (an idle
 2-core machine of the reference kind reaches 144-155 GFLOP/s on 2 threads). Results are
-recorded in ``bench/README.md``.
+recorded in ``bench/README.md``. ``--json`` writes the figures with the summary row of
+``python -m bench`` (goal: ≥ 3× at ≥ 20M parameters); ``--quick`` is a smoke run (3m model,
+16 examples, 2 reps).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+GOAL, GOAL_PARAMETERS = 3.0, 20_000_000
 
 
 SIZES: dict[str, dict[str, int]] = {
@@ -88,8 +91,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--size", choices=sorted(SIZES), default="23m", help="model size")
+    parser.add_argument("--quick", action="store_true", help="3m model, 16 examples, 2 reps")
     parser.add_argument("--json", dest="json_out", default=None, help="write the results here")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.examples, args.reps = "3m", 16, 2
+    matmul_s = 0.25 if args.quick else 2.0
 
     import torch
 
@@ -107,7 +114,7 @@ def main() -> None:
         f"{len(examples)} examples, {tokens} tokens; {args.threads} thread(s), "
         f"batch size {args.batch_size}"
     )
-    gflops_before = matmul_gflops()
+    gflops_before = matmul_gflops(matmul_s)
 
     # Warm-up (first calls allocate and pick kernels), not timed.
     fisher(model, examples[:4], names, batch_size=args.batch_size)
@@ -124,14 +131,32 @@ def main() -> None:
                 results[label] = fisher_loop(model, examples, names)
             times[label].append(time.perf_counter() - start)
             print(f"rep {rep + 1} {label:5s} {times[label][-1]:7.2f} s", flush=True)
-    gflops_after = matmul_gflops()
+    gflops_after = matmul_gflops(matmul_s)
 
     diff = max(
         float((results["hooks"][n].diag - results["loop"][n].diag).abs().max()) for n in names
     )
     scale = max(float(results["loop"][n].diag.abs().max()) for n in names)
     hooks_s, loop_s = statistics.median(times["hooks"]), statistics.median(times["loop"])
-    summary = {
+    ratios = [loop / hooks for hooks, loop in zip(times["hooks"], times["loop"], strict=True)]
+    row = {
+        "measure": f"per-sample Fisher: hooks vs per-example loop ({args.size})",
+        "goal": f"≥ {GOAL:g}× at ≥ {GOAL_PARAMETERS // 1_000_000}M params",
+        "value": statistics.median(ratios),
+        "unit": "×",
+        "spread": [min(ratios), max(ratios)],
+        "reps": args.reps,
+        "met": statistics.median(ratios) >= GOAL if n_params >= GOAL_PARAMETERS else None,
+        "detail": (
+            f"{n_params:,} params, {len(names)} modules ({n_fisher:,} weights), "
+            f"{len(examples)} examples ({tokens} tokens), batch {args.batch_size}, "
+            f"{args.threads} thread(s): hooks {hooks_s:.2f} s vs loop {loop_s:.2f} s (medians); "
+            f"max |diff| / max {diff / scale:.1e}"
+        ),
+    }
+    result = {
+        "benchmark": "fisher",
+        "summary": [row],
         "size": args.size,
         "parameters": n_params,
         "fisher_weights": n_fisher,
@@ -156,7 +181,7 @@ def main() -> None:
     )
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as out:
-            json.dump(summary, out, indent=2)
+            json.dump(result, out, indent=2, ensure_ascii=False)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Goal: peak RSS above the import baseline ≤ 1.5× one checkpoint's file size.
 
     .venv/bin/python bench/merge_rss.py --dir /tmp/merge_bench \
-        --methods task_arithmetic ties ties:tensor magnitude_prune dare_linear dare_ties
+        [--methods task_arithmetic ties ties:tensor magnitude_prune dare_linear dare_ties] \
+        [--impl both|blocked|reference|topk] [--reps 3] [--quick] [--json OUT]
 
 Three steps, each in its own process so that nothing one leaves behind counts in another's peak:
 ``build`` writes a random Llama base (hidden 768, 12 layers, intermediate 2048, vocab 32000,
@@ -14,10 +15,18 @@ runner does (``MergeIntervention.apply`` then ``save_pretrained``) while a threa
 RSS right after imports. A method is ``NAME`` or ``NAME:TRIM`` (``ties:tensor`` is peft's
 per-tensor TIES; ``ties`` the intervention's default, global trim), always at density 0.5.
 
-``--impl both`` (the default) measures each of ties, dare_* and magnitude_prune twice, side by
-side: ``reference`` (``tensor_methods.LOW_MEMORY = False``: peft's whole-tensor functions, the
-whole-model gather of global TIES) then ``blocked`` (the default code); the merged files are
-compared byte for byte. task_arithmetic has one implementation.
+``--impl both`` (the default) measures each of ties, dare_* and magnitude_prune both ways, side
+by side: ``reference`` (``tensor_methods.LOW_MEMORY = False``: peft's whole-tensor functions,
+the whole-model gather of global TIES) then ``blocked`` (the default code); the merged files are
+compared byte for byte. task_arithmetic has one implementation. The ``--reps`` repetitions
+are interleaved (every method once, then again); the reference code runs in the first only (its
+peak is what the change removed, measured in bench/README.md; once keeps a whole run short).
+
+``--json`` writes every measurement with one summary row per method for ``python -m bench``:
+the blocked code's ratio (median over repetitions; goal ≤ 1.5×), with the reference code's
+ratio and the merge time reference ÷ blocked beside it. ``--quick`` is a smoke run: a tiny
+model (hidden 128, 2 layers, vocab 1000) built into a temporary directory, ``ties`` and
+``task_arithmetic``, blocked code only, one repetition.
 """
 
 from __future__ import annotations
@@ -28,33 +37,63 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 MIB = 1 << 20
-
-
-def build(root: Path) -> None:
-    """Write base/, c0/, c1/, c2/ under ``root``."""
-    import torch
-    from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
+GOAL = 1.5
+CODE = {  # a measurement's impl, in words
+    "blocked": "blocked code",
+    "-": "its one implementation",
+    "topk": "blocked code, every threshold by torch.topk",
+    "reference": "reference code (whole tensors)",
+}
+METHODS = ["task_arithmetic", "ties", "ties:tensor", "magnitude_prune", "dare_linear", "dare_ties"]
+SIZES: dict[str, dict[str, Any]] = {
+    # The benchmark's model: 134M parameters, a 511.6 MiB fp32 checkpoint.
+    "134m": dict(
         vocab_size=32000,
         hidden_size=768,
         intermediate_size=2048,
         num_hidden_layers=12,
         num_attention_heads=12,
         num_key_value_heads=12,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
+    ),
+    # --quick's: 0.6M parameters, where the libraries' own allocations dominate the peak.
+    "tiny": dict(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    ),
+}
+
+
+def built(root: Path, size: str) -> bool:
+    """Whether ``root`` holds the checkpoints of ``size`` (from an earlier ``build``)."""
+    config = root / "base" / "config.json"
+    if not (root / "c2" / "model.safetensors").is_file() or not config.is_file():
+        return False
+    saved = json.loads(config.read_text())
+    return all(saved.get(key) == value for key, value in SIZES[size].items())
+
+
+def build(root: Path, size: str = "134m") -> None:
+    """Write base/, c0/, c1/, c2/ of ``size`` under ``root``."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**SIZES[size], max_position_embeddings=512, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()
     n = sum(p.numel() for p in model.parameters())
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3}
@@ -72,8 +111,8 @@ def build(root: Path) -> None:
                     p.copy_(base[k] + 0.01 * torch.randn_like(p))
         model.save_pretrained(root / name, safe_serialization=True)
         tok.save_pretrained(root / name)
-    size = (root / "base" / "model.safetensors").stat().st_size
-    print(json.dumps({"parameters": n, "checkpoint_bytes": size}))
+    checkpoint_bytes = (root / "base" / "model.safetensors").stat().st_size
+    print(json.dumps({"parameters": n, "checkpoint_bytes": checkpoint_bytes}))
 
 
 def _status() -> dict[str, int]:
@@ -164,8 +203,8 @@ def measure(root: Path, spec: str, impl: str) -> None:
         "ratio": round((maxrss - baseline["VmRSS"]) / size, 2),
         "peak_anon_above_baseline_mib": round((peaks["RssAnon"] - baseline["RssAnon"]) / MIB, 1),
         "peak_file_mib": round(peaks["RssFile"] / MIB, 1),
-        "merge_s": round(merged_s, 1),
-        "merge_and_save_s": round(total_s, 1),
+        "merge_s": round(merged_s, 2),
+        "merge_and_save_s": round(total_s, 2),
         "load_before": round(load, 1),
         "load_after": round(os.getloadavg()[0], 1),
         "sha256": digest.hexdigest()[:16],
@@ -193,10 +232,95 @@ def table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict[str, Any]], size: str) -> list[dict[str, Any]]:
+    """One row per method: the ratio of the code measured (blocked where both were), with the
+    reference code's ratio and the merge time reference ÷ blocked beside it. The goal applies
+    to the 134m model's checkpoints only."""
+    rows = []
+    for spec in dict.fromkeys(str(r["method"]) for r in results):
+        mine = [r for r in results if r["method"] == spec]
+        reference = [r for r in mine if r["impl"] == "reference"]
+        measured = [r for r in mine if r["impl"] != "reference"] or reference
+        ratios = [float(r["ratio"]) for r in measured]
+        value = statistics.median(ratios)
+        row: dict[str, Any] = {
+            "measure": f"merge peak RSS ÷ checkpoint: {spec}",
+            "goal": f"≤ {GOAL:g}×",
+            "value": value,
+            "unit": "×",
+            "spread": [min(ratios), max(ratios)],
+            "reps": len(ratios),
+            "met": value <= GOAL if size == "134m" else None,
+            "detail": (
+                f"{size} Llama, {mine[0]['checkpoint_mib']} MiB checkpoint, base + 3 "
+                "contributors, density 0.5, 1 thread, a fresh process per merge: peak RSS above "
+                f"the import baseline ÷ checkpoint size, {CODE[str(measured[0]['impl'])]}"
+            ),
+        }
+        if reference and measured is not reference:  # reference once, before the first blocked
+            pairs = zip(reference, measured, strict=False)
+            times = [float(a["merge_s"]) / float(b["merge_s"]) for a, b in pairs if b["merge_s"]]
+            row["reference_value"] = statistics.median(float(r["ratio"]) for r in reference)
+            row["time_reference_over_blocked"] = statistics.median(times) if times else None
+            row["detail"] += f"; reference code {row['reference_value']:.2f}×"
+            if times:
+                row["detail"] += f", merge time reference ÷ blocked {statistics.median(times):.2f}×"
+        rows.append(row)
+    return rows
+
+
+def run_all(
+    root: Path, size: str, methods: list[str], impl: str, reps: int, together: bool = False
+) -> list[dict[str, Any]]:
+    """Build ``root`` if needed, then measure every method and implementation in a fresh process,
+    ``reps`` times interleaved (all at once when ``together``: for --quick, whose times are not
+    compared); print each measurement and the table, return the measurements."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    me = [sys.executable, __file__, "--dir", str(root), "--size", size]
+    if not built(root, size):
+        subprocess.run([*me, "--step", "build"], check=True, env=env)
+    impls = ["reference", "blocked"] if impl == "both" else [impl]
+    commands = [
+        [*me, "--step", "measure", "--method", spec, "--impl", one]
+        for rep in range(reps)
+        for spec in methods
+        for one in (["blocked"] if spec.partition(":")[0] == "task_arithmetic" else impls)
+        if one != "reference" or rep == 0 or impl == "reference"
+    ]
+    started = [_start(c, env) for c in commands] if together else []
+    results = []
+    for command in commands:
+        run = started.pop(0) if together else _start(command, env)
+        stdout, _ = run.communicate()
+        if run.returncode:
+            raise subprocess.CalledProcessError(run.returncode, command)
+        print(stdout, end="", flush=True)
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    print(table(results))
+    return results
+
+
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def write(path: Path | None, results: list[dict[str, Any]], size: str) -> None:
+    """Write the measurements and their summary rows to ``path``, when given."""
+    if path is not None:
+        out = {
+            "benchmark": "merge_rss",
+            "summary": summary(results, size),
+            "size": size,
+            "measurements": results,
+        }
+        path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/merge_bench"))
-    parser.add_argument("--methods", nargs="+", default=["ties", "task_arithmetic"])
+    parser.add_argument("--size", choices=sorted(SIZES), default="134m", help="model size")
+    parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument(
         "--impl",
         choices=["both", "blocked", "reference", "topk"],
@@ -205,31 +329,22 @@ def main() -> None:
     )
     parser.add_argument("--step", choices=["all", "build", "measure"], default="all")
     parser.add_argument("--method", default="ties", help="for --step measure")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every measurement")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 2 methods, blocked")
+    parser.add_argument("--json", dest="json_out", type=Path, default=None)
     args = parser.parse_args()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if args.step == "build":
-        build(args.dir)
+        build(args.dir, args.size)
     elif args.step == "measure":
         measure(args.dir, args.method, "blocked" if args.impl == "both" else args.impl)
+    elif args.quick:
+        with tempfile.TemporaryDirectory(prefix="merge-bench-") as tmp:
+            methods = ["ties", "task_arithmetic"]
+            results = run_all(Path(tmp), "tiny", methods, "blocked", 1, together=True)
+        write(args.json_out, results, "tiny")
     else:
-        me = [sys.executable, __file__, "--dir", str(args.dir)]
-        if not (args.dir / "c2" / "model.safetensors").is_file():
-            subprocess.run([*me, "--step", "build"], check=True, env=env)
-        results = []
-        for spec in args.methods:
-            single = spec.partition(":")[0] == "task_arithmetic"
-            impls = ["reference", "blocked"] if args.impl == "both" else [args.impl]
-            for impl in ["blocked"] if single else impls:
-                run = subprocess.run(
-                    [*me, "--step", "measure", "--method", spec, "--impl", impl],
-                    check=True,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                print(run.stdout, end="", flush=True)
-                results.append(json.loads(run.stdout.strip().splitlines()[-1]))
-        print(table(results))
+        results = run_all(args.dir, args.size, args.methods, args.impl, args.reps)
+        write(args.json_out, results, args.size)
 
 
 if __name__ == "__main__":
