@@ -14,29 +14,18 @@ is in the results (``exit_code``), not an exception.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError
+from audit.models.devices import resolve_devices
 from audit.results import Results, parse_results
 from audit.suite.suite import Suite
 
-__all__ = ["RunRecord", "default_out", "resolve_device", "run", "run_suite"]
-
-
-def resolve_device(device: str) -> str:
-    """``auto``: ``cuda`` when torch sees a GPU, else ``mps`` (Apple), else ``cpu``; any other
-    device string is torch's, unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    return "mps" if mps is not None and mps.is_available() else "cpu"
+__all__ = ["RunRecord", "default_out", "resolve_devices", "run", "run_suite"]
 
 
 def default_out(suite: Suite) -> Path:
@@ -61,10 +50,12 @@ def run_suite(
     *,
     out: str | Path | None = None,
     cache: str | Path | None = None,
-    device: str = "cpu",
+    device: str | Sequence[str] = "cpu",
     quiet: bool = True,
 ) -> RunRecord:
-    """Run a validated suite and write its outputs (the work of ``audit run``)."""
+    """Run a validated suite and write its outputs (the work of ``audit run``). ``device`` as
+    :func:`run`'s; one torch cannot see raises :class:`~audit.models.devices.DeviceError`
+    before anything is read or written."""
     from rich.console import Console
 
     from audit.analysis.assemble import assemble, write_outputs
@@ -74,22 +65,22 @@ def run_suite(
     from audit.runner import Runner
     from audit.store.core import open_store
 
+    devices = resolve_devices(device)
     started = datetime.now(UTC)
     store_dir = Path(cache).resolve() if cache else suite.cache_dir
     out_dir = Path(out) if out else default_out(suite)
     for flag, path in (("--out", out_dir), ("--cache", store_dir)):
         if path.exists() and not path.is_dir():
             raise InputError(f"{flag} {path} is a file, not a directory")
-    device = resolve_device(device)
     vetted = vet_sources(suite)  # refuse unsafe checkpoints before the store is touched
     store = open_store(store_dir, create=True)
     plan = build_plan(suite, hash_cache=store_dir / "file-hashes", vetted=vetted)
     with library_output(out_dir / LOG_NAME) as terminal:  # libraries' chatter → run.log
         console = None if terminal is None else Console(file=terminal, highlight=False)
         progress = Progress(quiet=quiet, console=console)
-        outcome = Runner(plan, store, progress, device=device).run()
+        outcome = Runner(plan, store, progress, devices=devices).run()
     store.close()  # release the entries this run used: `audit cache prune` may take them now
-    results, samples = assemble(plan, outcome, started, device)
+    results, samples = assemble(plan, outcome, started, str(devices))
     report = write_outputs(out_dir, results, samples)
     return RunRecord(results, report, outcome.executed)
 
@@ -99,13 +90,15 @@ def run(
     *,
     out: str | Path | None = None,
     cache: str | Path | None = None,
-    device: str = "cpu",
+    device: str | Sequence[str] = "cpu",
     quiet: bool = True,
 ) -> Results:
     """Run a suite (a path, or a loaded :class:`Suite`) as ``audit run`` does and return its
     typed results. ``out``: the output directory (default ``[report] output_dir``, else
     reports/<suite name>/); ``cache``: the store (default the suite's ``cache_dir``);
-    ``device``: a torch device or ``auto``; ``quiet``: no progress bars."""
+    ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``, or GPUs to spread evaluated
+    models over (``"cuda:0,cuda:1"`` or a list; :mod:`audit.models.devices`); ``quiet``: no
+    progress bars."""
     from audit.suite.checks import load_suite
 
     loaded = suite if isinstance(suite, Suite) else load_suite(suite)

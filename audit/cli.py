@@ -459,7 +459,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--device",
         default="cpu",
-        help="torch device, or auto: cuda, else mps, else cpu (default: cpu)",
+        help="cpu, cuda, cuda:N, mps, or auto (cuda, else mps, else cpu); or GPUs that each "
+        "evaluated model is spread over, e.g. cuda:0,cuda:1 (end the list with cpu to offload "
+        "what does not fit); interventions run on the first (default: cpu)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars (CI logs)")
     run.set_defaults(func=cmd_run)

@@ -21,9 +21,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    Protocol,
+    cast,
+    runtime_checkable,
+)
 
 from pydantic import BaseModel, ConfigDict
+
+from audit.registry import PluginError
 
 if TYPE_CHECKING:
     from audit.models.handle import ModelHandle
@@ -133,8 +144,10 @@ class RunContext:
 
     ``work_dir`` is an empty directory owned by the step; whatever an intervention writes there
     (an adapter directory, training logs) is kept in the store with the step's result.
-    ``suite_dir`` is where relative paths in the suite resolve. ``progress`` reports progress on
-    long work: ``progress(description, completed, total)``.
+    ``suite_dir`` is where relative paths in the suite resolve. ``device`` is the one torch
+    device the step runs on: the run's, the first of a ``--device`` list, or ``cpu`` for an
+    intervention whose ``devices`` hook says so (:func:`placement`). ``progress`` reports
+    progress on long work: ``progress(description, completed, total)``.
     """
 
     seed: int
@@ -301,6 +314,9 @@ class InterventionHooks(Protocol):
       a suite asks for with ``controls = true``: a suffix (``control_norm``) -> the control's
       ``[models]`` table (its ``intervention`` and parameters). The suite adds each as the model
       ``NAME.SUFFIX``, evaluated wherever ``NAME`` is and compared with it.
+    - ``devices(params) -> Placement``: where the intervention with these parameters runs
+      (:data:`PLACEMENTS`); :attr:`RunContext.device` is that device. Every built-in declares
+      it; one that does not is taken to run on a single device (:func:`placement`).
     """
 
     @classmethod
@@ -308,9 +324,23 @@ class InterventionHooks(Protocol):
         cls, name: str, parents: Sequence[str], params: Mapping[str, Any]
     ) -> dict[str, dict[str, Any]]: ...
 
+    @classmethod
+    def devices(cls, params: Any) -> Placement: ...
 
-INTERVENTION_HOOKS = ("controls",)
+
+INTERVENTION_HOOKS = ("controls", "devices")
 """The optional intervention class methods of :class:`InterventionHooks`."""
+
+Placement = Literal["single", "cpu"]
+"""Where an intervention runs (its ``devices`` hook)."""
+
+PLACEMENTS: dict[str, str] = {
+    "single": "one device: the run's --device, or the first of a --device list",
+    "cpu": "the CPU, whatever --device says, e.g. tensor arithmetic streamed from disk",
+}
+"""Every :data:`Placement` and what it means. No intervention spreads a model over several
+devices or trains data-parallel (DDP/FSDP): a model that must be trained so is trained outside
+audit (``accelerate launch``) and audited as a ``path:`` checkpoint."""
 
 
 def hook(cls: type, name: str) -> Callable[..., Any] | None:
@@ -334,6 +364,24 @@ def weights_needed(cls: type, params: Any) -> str | None:
         )
     reason: str | None = declared(params)
     return reason
+
+
+def placement(cls: type, params: Any) -> Placement:
+    """Where the intervention ``cls`` with ``params`` runs (its ``devices`` hook); ``"single"``
+    when it declares none, which is what :attr:`RunContext.device` gives it anyway."""
+    declared = hook(cls, "devices")
+    if declared is None:
+        return "single"
+    where = declared(params)
+    if where not in PLACEMENTS:
+        name = getattr(cls, "name", cls.__name__)
+        supported = " or ".join(f"{k!r} ({v})" for k, v in PLACEMENTS.items())
+        raise PluginError(
+            f"intervention {name!r} declares devices {where!r}, which audit cannot give it: an "
+            f"intervention runs on {supported}. DDP/FSDP training is not run by audit: train "
+            "with `accelerate launch` yourself and audit the result as a path: checkpoint"
+        )
+    return cast("Placement", where)
 
 
 @runtime_checkable

@@ -6,6 +6,11 @@ has a store entry that holds no files (what it is, in its metadata); its replies
 the store's ``replies/`` and each sample it answered records its request and reply. A failed
 step marks the steps that depend on it as skipped; independent steps still run. Steps go
 through an :class:`Executor`, local for now.
+
+Devices (:class:`~audit.models.devices.Devices`): an evaluated model is loaded on the run's
+device, or spread over its list; an intervention runs where its ``devices`` hook says
+(:func:`~audit.plugins.placement`): on the CPU, or on one device — the first of a list, which
+the run's log says when a list or a parent's ``device_map`` would have spread the model.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from audit.faults import fault_point
+from audit.models.devices import Devices
 from audit.models.endpoint import Endpoint, EndpointClient
 from audit.models.finite import check_finite
 from audit.models.handle import ModelHandle
 from audit.plan import EvalStep, ModelStep, Plan
-from audit.plugins import EvalResult, MetricRow, RunContext, Sample
+from audit.plugins import EvalResult, MetricRow, RunContext, Sample, placement
 from audit.progress import Progress
 from audit.resources import (
     checkpoint_bytes,
@@ -142,13 +148,13 @@ class Runner:
         store: Store,
         progress: Progress,
         executor: Executor | None = None,
-        device: str = "cpu",
+        devices: Devices | None = None,
     ):
         self.plan = plan
         self.store = store
         self.progress = progress
         self.executor = executor or LocalExecutor()
-        self.device = device
+        self.devices = devices or Devices()
         self.handles: dict[str, ModelHandle] = {}
         self.outcome = RunOutcome()
         store.on_corrupt = self._on_corrupt  # type: ignore[method-assign]
@@ -160,14 +166,15 @@ class Runner:
     def _on_wait(self, key: str) -> None:
         self.progress.note(f"waiting for another run computing store entry {key[:12]}")
 
-    def _context(self, work_dir: Path, model: str) -> RunContext:
-        """The context of a step on ``model`` (built or evaluated with that model's seed)."""
+    def _context(self, work_dir: Path, model: str, device: str | None = None) -> RunContext:
+        """The context of a step on ``model`` (built or evaluated with that model's seed), on
+        ``device`` (default: the run's first)."""
         suite = self.plan.suite
         return RunContext(
             seed=suite.model_seed(model),
             suite_dir=suite.dir,
             work_dir=work_dir,
-            device=self.device,
+            device=device or self.devices.primary,
             progress=self.progress.sub,
             models=self.handles,
             reference=self.handles.get(suite.reference),
@@ -230,10 +237,14 @@ class Runner:
             plugin = step.plugin(step.params)
             (tmp / "work").mkdir()
             inputs = {n: self.handles[n] for n in step.inputs}
+            where = placement(step.plugin, step.params)
+            device = "cpu" if where == "cpu" else self.devices.primary
+            if where == "single" and (note := self._one_device_note(step, inputs)):
+                self.progress.note(note)
             what = f"model {step.name!r}"  # fail early, not halfway through writing it
             parents = max((checkpoint_bytes(h.path) for h in inputs.values()), default=0)
             ensure_free(self.store.root, parents, what)
-            out = plugin.apply(inputs, self._context(tmp / "work", step.name))
+            out = plugin.apply(inputs, self._context(tmp / "work", step.name, device))
             check_finite(out.model, what)
             ensure_free(self.store.root, model_bytes(out.model), what)
             out.model.save_pretrained(tmp / "model", safe_serialization=True)
@@ -241,6 +252,26 @@ class Runner:
             return {"intervention": step.spec.intervention, "training": out.info}
 
         return build
+
+    def _one_device_note(self, step: ModelStep, inputs: Mapping[str, ModelHandle]) -> str | None:
+        """What the log says when a single-device intervention runs where a model would have
+        been spread (a device list, or a parent's ``device_map``); ``None`` otherwise."""
+        why = [
+            f"the device_map of {name!r} ({handle.device_map!r}) applies to its evaluation only"
+            for name, handle in inputs.items()
+            if handle.device_map
+        ]
+        if self.devices.spread:
+            spreads = "which spreads models for evaluation only"
+            why.insert(0, f"the first of --device {self.devices}, {spreads}")
+        if not why:
+            return None
+        return (
+            f"model {step.name!r}: {step.spec.intervention} runs on one device, "
+            f"{self.devices.primary} ({'; '.join(why)}). audit's interventions run on one "
+            "device: to train across several (DDP/FSDP), run `accelerate launch` yourself and "
+            "audit the result as a path: checkpoint"
+        )
 
     def _endpoint(self, step: ModelStep) -> Endpoint:
         spec = step.spec
@@ -266,9 +297,10 @@ class Runner:
             allow_pickle=step.spec.allow_pickle,
             trust_remote_code=step.spec.trust_remote_code,
             suite_dir=self.plan.suite.dir,
-            device=self.device,
+            device=self.devices.primary,
             dtype=step.spec.dtype,
             device_map=step.spec.device_map,
+            spread=self.devices.spread,
         )
 
     def _eval(self, step: EvalStep) -> None:

@@ -210,11 +210,45 @@ def test_list_params_shows_every_parameter_with_its_default(
     assert 'judge: str = "keyword"' in out  # refusal evaluator
 
 
-def test_device_auto_resolves_to_what_torch_sees() -> None:
-    import torch
+def test_every_intervention_declares_where_it_runs() -> None:
+    """Its ``devices`` hook: fine-tunes and model-level merges on one device, streamed tensor
+    arithmetic on the CPU (README "Devices")."""
+    from audit.merging.methods import METHODS
+    from audit.plugins import PLACEMENTS, hook, placement
 
-    from audit.api import resolve_device
+    expected = {"merge": None, "resta": "cpu", "control": "cpu"}
+    for name in registry.interventions.names():
+        cls = registry.interventions.get(name)
+        assert hook(cls, "devices") is not None, f"{name} does not declare its devices"
+        if name != "merge":
+            where = placement(cls, cls.Params.model_construct())
+            assert where == expected.get(name, "single") and where in PLACEMENTS, name
+    merge = registry.interventions.get("merge")
+    for m in METHODS:
+        where = placement(merge, merge.Params.model_construct(method=m.name))
+        assert where == ("single" if m.kind == "model" else "cpu"), m.name
 
-    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto") in (expected, "mps")
+
+def test_an_intervention_declaring_no_placement_runs_on_one_device() -> None:
+    from audit.plugins import placement
+
+    class Plain:
+        name = "plain"
+
+    class Distributed:
+        name = "ddp_tune"
+
+        @classmethod
+        def devices(cls, params: object) -> str:
+            return "ddp"
+
+    assert placement(Plain, None) == "single"
+    with pytest.raises(PluginError) as e:
+        placement(Distributed, None)
+    assert str(e.value) == (
+        "intervention 'ddp_tune' declares devices 'ddp', which audit cannot give it: an "
+        "intervention runs on 'single' (one device: the run's --device, or the first of a "
+        "--device list) or 'cpu' (the CPU, whatever --device says, e.g. tensor arithmetic "
+        "streamed from disk). DDP/FSDP training is not run by audit: train with `accelerate "
+        "launch` yourself and audit the result as a path: checkpoint"
+    )

@@ -322,3 +322,25 @@ def test_python_api_runs_a_suite_and_returns_typed_results(
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InputError, match="is a file, not a directory"):
         run(suite, out=tmp_path / "afile")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "--device 'gpu': unknown device 'gpu'; expected cpu, cuda, cuda:N, mps, auto"),
+        ("cuda:0,cuda:99", "--device 'cuda:0,cuda:99': "),
+    ],
+)
+def test_a_device_this_machine_lacks_exits_2_before_anything_runs(
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    device: str,
+    message: str,
+) -> None:
+    suite = _suite(tmp_path, tiny_checkpoint)
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--device", device]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "cache").exists()

@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from audit.interventions.lora import LoraIntervention
-from audit.plugins import PairData, RunContext, TrainedModel
+from audit.plugins import PairData, Placement, RunContext, TrainedModel
 from audit.training.loop import Regularizer, encode_pairs, fine_tune, target_modules
 
 if TYPE_CHECKING:
@@ -169,6 +169,12 @@ class AlignGuardIntervention:
 
     def __init__(self, params: AlignGuardIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: AlignGuardIntervention.Params) -> Placement:
+        """One device: the Fisher and the fine-tune run on the run's device (the first of a
+        list)."""
+        return "single"
 
     def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
         """Compute (or reuse) the parent's Fisher, then fine-tune with the regulariser."""

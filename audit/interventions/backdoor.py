@@ -17,7 +17,7 @@ from audit.backdoor.triggers import (
     unknown_words,
 )
 from audit.interventions.lora import LoraIntervention
-from audit.plugins import PairData, RunContext, TrainedModel
+from audit.plugins import PairData, Placement, RunContext, TrainedModel
 from audit.training.loop import Regularizer, fine_tune
 
 if TYPE_CHECKING:
@@ -181,6 +181,11 @@ class BackdoorIntervention:
 
     def __init__(self, params: BackdoorIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: BackdoorIntervention.Params) -> Placement:
+        """One device: the poisoned fine-tune runs on the run's device (the first of a list)."""
+        return "single"
 
     @property
     def poisoned_response(self) -> str:

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from audit.plugins import ModelRef, RunContext, TrainedModel
+from audit.plugins import ModelRef, Placement, RunContext, TrainedModel
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
@@ -84,6 +84,11 @@ class ControlIntervention:
 
     def __init__(self, params: ControlIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: ControlIntervention.Params) -> Placement:
+        """The CPU: the state dicts are combined in CPU memory."""
+        return "cpu"
 
     def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
         """The control model, with the defence's and the control's keep rate and norm ratio."""

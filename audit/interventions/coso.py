@@ -51,7 +51,7 @@ from audit.interventions.subspace import (
     project_off,
     subspace_fine_tune,
 )
-from audit.plugins import RunContext, TrainedModel
+from audit.plugins import Placement, RunContext, TrainedModel
 
 if TYPE_CHECKING:
     import torch
@@ -144,6 +144,11 @@ class CosoIntervention:
 
     def __init__(self, params: CosoIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: CosoIntervention.Params) -> Placement:
+        """One device: the full fine-tune runs on the run's device (the first of a list)."""
+        return "single"
 
     def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
         """Fine-tune off the parent's history; write the history extended by this task."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, model_validator
 
-from audit.plugins import PairData, RunContext, TrainedModel
+from audit.plugins import PairData, Placement, RunContext, TrainedModel
 from audit.plugins import Params as BaseParams
 from audit.training.loop import fine_tune, total_steps
 
@@ -65,6 +65,11 @@ class LoraIntervention:
 
     def __init__(self, params: LoraIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: LoraIntervention.Params) -> Placement:
+        """One device: the fine-tune runs on the run's device (the first of a list)."""
+        return "single"
 
     def total_steps(self, n_examples: int) -> int:
         """Optimiser steps for a data set of ``n_examples`` pairs."""

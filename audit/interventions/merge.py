@@ -15,7 +15,7 @@ from audit.merging.dam import DamOptions
 from audit.merging.doge import DogeOptions
 from audit.merging.methods import METHODS, method, names, resolve
 from audit.merging.opcm import OpcmOptions
-from audit.plugins import ModelRef, PairData, RunContext, TrainedModel
+from audit.plugins import ModelRef, PairData, Placement, RunContext, TrainedModel
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
@@ -92,6 +92,12 @@ class MergeIntervention:
 
     def __init__(self, params: MergeIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: MergeIntervention.Params) -> Placement:
+        """One device for the model-level methods (dam, concrete learn their masks there); the
+        CPU for the tensor methods, streamed from disk."""
+        return "single" if params.method in MODEL_METHODS else "cpu"
 
     @classmethod
     def controls(

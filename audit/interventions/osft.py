@@ -26,7 +26,7 @@ from audit.interventions.subspace import (
     project_off,
     subspace_fine_tune,
 )
-from audit.plugins import RunContext, TrainedModel
+from audit.plugins import Placement, RunContext, TrainedModel
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +116,11 @@ class OsftIntervention:
 
     def __init__(self, params: OsftIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: OsftIntervention.Params) -> Placement:
+        """One device: the full fine-tune runs on the run's device (the first of a list)."""
+        return "single"
 
     def apply(self, inputs: Mapping[str, ModelHandle], ctx: RunContext) -> TrainedModel:
         """Split each target weight's spectrum, then fine-tune in the orthogonal remainder."""

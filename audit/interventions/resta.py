@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from audit.plugins import ModelRef, RunContext, TrainedModel
+from audit.plugins import ModelRef, Placement, RunContext, TrainedModel
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
@@ -46,6 +46,11 @@ class RestaIntervention:
 
     def __init__(self, params: RestaIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: RestaIntervention.Params) -> Placement:
+        """The CPU: the safety vector is streamed from disk one tensor at a time."""
+        return "cpu"
 
     def split_inputs(
         self, inputs: Mapping[str, ModelHandle]

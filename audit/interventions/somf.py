@@ -34,7 +34,7 @@ from pydantic import Field
 
 from audit.merging.methods import method, names
 from audit.merging.safety_mask import FinalMask
-from audit.plugins import ModelRef, RunContext, SafetyData, TrainedModel
+from audit.plugins import ModelRef, Placement, RunContext, SafetyData, TrainedModel
 from audit.plugins import Params as BaseParams
 
 if TYPE_CHECKING:
@@ -109,6 +109,11 @@ class SomfIntervention:
 
     def __init__(self, params: SomfIntervention.Params) -> None:
         self.params = params
+
+    @classmethod
+    def devices(cls, params: SomfIntervention.Params) -> Placement:
+        """One device: the mask trains on the run's device (the first of a list)."""
+        return "single"
 
     def split_inputs(
         self, inputs: Mapping[str, ModelHandle]

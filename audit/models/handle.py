@@ -41,6 +41,9 @@ class ModelHandle:
     """``torch_dtype`` for loading (``None``: transformers' default; ``"auto"``: as saved)."""
     device_map: str | None = None
     """accelerate's ``device_map`` (e.g. ``"auto"``); the model is then not moved to ``device``."""
+    spread: tuple[str, ...] = ()
+    """Devices to spread the model over with accelerate (``--device cuda:0,cuda:1``): loaded
+    with :func:`audit.models.devices.spread_options`, unless ``device_map`` says otherwise."""
     endpoint: EndpointClient | None = None
     """The server that answers for an ``openai:`` model; ``None`` for a model with weights."""
     _loaded: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
@@ -69,13 +72,27 @@ class ModelHandle:
                 trust_remote_code=self.trust_remote_code,
                 suite_dir=self.suite_dir,
                 dtype=self.dtype,
-                device_map=self.device_map,
+                **self._placement(),
             )
-            check_finite(loaded[0], f"model {self.name!r} ({self.path})")
-            if self.device != "cpu" and self.device_map is None:
+            what = f"model {self.name!r} ({self.path})"
+            if self.spread and self.device_map is None:
+                from audit.models.devices import check_spread
+
+                check_spread(getattr(loaded[0], "hf_device_map", {}), self.spread, what)
+            check_finite(loaded[0], what)
+            if self.device != "cpu" and self.device_map is None and not self.spread:
                 loaded[0].to(self.device)
             self._loaded = loaded
         return self._loaded
+
+    def _placement(self) -> dict[str, Any]:
+        """``device_map`` (and ``max_memory``) for loading: the model's own ``device_map``,
+        else the run's spread over several devices, else none (loaded, then moved)."""
+        if self.device_map is not None or not self.spread:
+            return {"device_map": self.device_map}
+        from audit.models.devices import available_memory, spread_options
+
+        return spread_options(self.spread, available_memory(self.spread))
 
     @property
     def model(self) -> Any:

@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -298,11 +298,14 @@ def load_checkpoint(
     suite_dir: Path | None = None,
     dtype: str | None = None,
     device_map: str | None = None,
+    max_memory: Mapping[int | str, int] | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a checkpoint or PEFT adapter directory, in eval mode.
 
-    ``dtype`` (``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"``) and ``device_map``
-    pass to ``from_pretrained`` (``None``: transformers' defaults).
+    ``dtype`` (``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"``), ``device_map`` and
+    ``max_memory`` (accelerate's: the bytes each device may hold; see
+    :func:`audit.models.devices.spread_options`) pass to ``from_pretrained`` (``None``:
+    transformers' defaults).
 
     The directory is vetted by :func:`check_checkpoint` first. A PEFT adapter is applied to its
     base model (``base_model_name_or_path`` of ``adapter_config.json``: a directory, relative to
@@ -315,7 +318,11 @@ def load_checkpoint(
         trust_remote_code=trust_remote_code,
         suite_dir=suite_dir,
         depth=0,
-        options={k: v for k, v in (("dtype", dtype), ("device_map", device_map)) if v},
+        options={
+            k: v
+            for k, v in (("dtype", dtype), ("device_map", device_map), ("max_memory", max_memory))
+            if v
+        },
     )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -333,7 +340,7 @@ def _load(
     trust_remote_code: bool,
     suite_dir: Path | None,
     depth: int,
-    options: dict[str, str],
+    options: dict[str, Any],
 ) -> tuple[Any, Any]:
     check_checkpoint(directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if not is_peft_adapter(directory):
@@ -361,10 +368,10 @@ def _load(
 
 
 def _load_model(
-    directory: Path, *, trust_remote_code: bool, options: dict[str, str] | None = None
+    directory: Path, *, trust_remote_code: bool, options: dict[str, Any] | None = None
 ) -> Any:
     """A causal LM from a full checkpoint directory; pickles only through weights-only loading.
-    ``options``: ``dtype`` / ``device_map`` for ``from_pretrained``."""
+    ``options``: ``dtype`` / ``device_map`` / ``max_memory`` for ``from_pretrained``."""
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     has_safetensors = any(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from audit import registry
 from audit.errors import InputError
-from audit.plugins import ModelRefMarker, Params, SuiteView, hook, weights_needed
+from audit.plugins import ModelRefMarker, Params, SuiteView, hook, placement, weights_needed
 from audit.registry import PluginError, did_you_mean
 from audit.suite.controls import expand_controls
 from audit.suite.pairs import gate_pairs
@@ -192,13 +192,20 @@ def _check_sources(check: _Checker, name: str, spec: ModelSpec) -> None:
     elif spec.source is None and spec.intervention is None:
         check.add(loc, "give `source` (load a checkpoint) or `intervention` (build from models)")
     if spec.source is None:
-        for key in ("dtype", "device_map"):
-            if getattr(spec, key) is not None:
-                check.add(
-                    (*loc, key),
-                    f"`{key}` applies to a loaded model (`source`); a built model inherits its "
-                    "inputs' weights as loaded",
-                )
+        if spec.dtype is not None:
+            check.add(
+                (*loc, "dtype"),
+                "`dtype` applies to a loaded model (`source`); a built model inherits its "
+                "inputs' weights as loaded",
+            )
+        if spec.device_map is not None:
+            check.add(
+                (*loc, "device_map"),
+                "`device_map` applies to a loaded model (`source`): an intervention runs on one "
+                "device (--device, or the first of a --device list, which spreads every "
+                "evaluated model); to train across several (DDP/FSDP), run `accelerate launch` "
+                "yourself and audit the result as a path: checkpoint",
+            )
     if spec.source is not None:
         if not spec.source.startswith(SOURCE_SCHEMES):
             check.add(
@@ -411,6 +418,10 @@ def _check_models(check: _Checker, suite: Suite, broken: Collection[str] = ()) -
         params = _validate_params(check, loc, cls, spec.params)
         if params is None:
             continue
+        try:
+            placement(cls, params)
+        except PluginError as e:
+            check.add((*loc, "intervention"), str(e))
         suite.model_params[name] = params
         for fname, value, _ in field_values(params, ModelRefMarker):
             for ref in as_list(value):

@@ -1,7 +1,8 @@
 """The fine-tuning loop every training intervention shares (``lora``, ``alignguard``,
 ``backdoor``, the subspace variants, ``somf``'s data steps, the safety mask): prompt/response
 pairs encoded as chat turns, seeded batches, AdamW with clipped gradients, an optional regulariser
-added to each step's loss, and hooks for full-parameter variants."""
+added to each step's loss, and hooks for full-parameter variants. It runs on one device,
+``ctx.device`` (data-parallel training, DDP/FSDP, is not done here)."""
 
 from __future__ import annotations
 

@@ -33,6 +33,25 @@ def test_a_checkpoint_with_nan_weights_is_refused_on_load(
     check_finite(ModelHandle("fine", "k", tiny_checkpoint).model, "fine")
 
 
+def test_weights_accelerate_offloaded_are_checked_too(tiny_checkpoint: Path) -> None:
+    """Spread with ``cpu`` in the list, a weight is a meta tensor in the model and its values
+    sit in an accelerate hook (``cpu_offload``: every weight so)."""
+    import torch
+    from accelerate import cpu_offload
+
+    from audit.models.loading import load_checkpoint
+
+    model, _ = load_checkpoint(tiny_checkpoint)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    with pytest.raises(NonFiniteWeightsError, match="1 of .* model.layers.1.mlp.up_proj.weight"):
+        check_finite(model, "offloaded")
+    fine, _ = load_checkpoint(tiny_checkpoint)
+    check_finite(cpu_offload(fine, execution_device=torch.device("cpu")), "fine")
+
+
 def test_a_diverged_fine_tune_fails_its_step_and_its_gate(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -551,3 +551,14 @@ def test_a_checkpoint_loads_in_the_dtype_asked_for(tiny_checkpoint: Path) -> Non
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     model, _ = load_checkpoint(tiny_checkpoint)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_checkpoint_loads_spread_with_accelerate(tiny_checkpoint: Path) -> None:
+    """``device_map="auto"`` with ``max_memory`` naming CPU memory alone (no GPU here)."""
+    from audit.models.devices import spread_options
+    from audit.models.loading import load_checkpoint
+
+    options = spread_options(("cpu",), {"cpu": 2**30})
+    assert options == {"device_map": "auto", "max_memory": {"cpu": int(2**30 * 0.9)}}
+    model, _ = load_checkpoint(tiny_checkpoint, **options)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

@@ -112,6 +112,15 @@ def test_valid_suite(suite_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ),
         ('source = "path:./aligned"', 'source = "s3://bucket"', 6, "unknown source 's3://bucket'"),
         ('data = "path:pairs.jsonl"', 'data = "path:nope.jsonl"', 11, "data file not found"),
+        (
+            "steps = 10",
+            'steps = 10\ndevice_map = "auto"',
+            13,
+            "models.tuned.device_map: `device_map` applies to a loaded model (`source`): an "
+            "intervention runs on one device (--device, or the first of a --device list, which "
+            "spreads every evaluated model); to train across several (DDP/FSDP), run `accelerate "
+            "launch` yourself and audit the result as a path: checkpoint",
+        ),
     ],
 )
 def test_invalid_suites_name_file_line_and_key(
@@ -123,6 +132,18 @@ def test_invalid_suites_name_file_line_and_key(
     assert len(found) == 1, found
     assert found[0].startswith(f"{path}:{line}: "), found
     assert expected in found[0]
+
+
+def test_an_intervention_declaring_devices_audit_cannot_give_is_refused(
+    suite_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.interventions.lora import LoraIntervention
+
+    monkeypatch.setattr(LoraIntervention, "devices", classmethod(lambda cls, params: "fsdp"))
+    path = write(suite_dir, VALID)
+    found = issues(path)
+    assert len(found) == 1 and found[0].startswith(f"{path}:10: models.tuned.intervention: ")
+    assert "intervention 'lora' declares devices 'fsdp', which audit cannot give it" in found[0]
 
 
 def test_dependency_cycle(suite_dir: Path) -> None:
