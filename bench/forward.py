@@ -53,6 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from organism_build import matmul_gflops  # noqa: E402
+from shapes import SMOLLM2_135M  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -61,15 +62,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 GOAL = 50.0
 BATCH, WIDTH, SHORTEST = 32, 64, 52
 SHAPES: dict[str, dict[str, int]] = {
-    "smollm2-135m": dict(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-    ),
+    "smollm2-135m": SMOLLM2_135M,
     "tiny": dict(
         vocab_size=4096,
         hidden_size=128,

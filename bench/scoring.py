@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from organism_build import matmul_gflops  # noqa: E402
+from shapes import SMOLLM2_135M  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,14 +51,7 @@ GOAL, TOLERANCE = 1.5, 1e-5
 tokens' log-probabilities near -10 each round at about 1e-5 absolute; lm-eval's own batch 1 and
 batch 32 differ that much, which the benchmark measures as the floor)."""
 SHAPES: dict[str, dict[str, int]] = {
-    "135m": dict(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-    ),
+    "135m": SMOLLM2_135M,
     "tiny": dict(
         vocab_size=2000,
         hidden_size=64,
