@@ -86,6 +86,22 @@ def make_prompts(n: int, vocab: int, seed: int = 0) -> list[str]:
     return prompts
 
 
+def bf16_tflops(device: str, size: int = 8192, reps: int = 10) -> float:
+    """A GPU's bf16 matrix-product rate: ``size``³ products, after 3 warm-ups."""
+    import torch
+
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
+
+
 def per_prompt(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int) -> list[list[int]]:
     """New token ids of each prompt, one ``model.generate`` call per prompt (greedy, cached)."""
     import torch
@@ -93,7 +109,7 @@ def per_prompt(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int) 
     out = []
     with torch.inference_mode():
         for prompt in prompts:
-            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=model.device)
             generated = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
@@ -129,6 +145,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=default_batch)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--size", choices=sorted(SIZES), default="smollm2-135m")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda (bench/gpu.sh)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--quick", action="store_true", help="tiny model, 6 prompts, 8 tokens")
     parser.add_argument("--json", dest="json_out", default=None, help="write the results here")
     args = parser.parse_args()
@@ -140,10 +158,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = build(args.size)
     n_params = sum(p.numel() for p in model.parameters())
+    model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
     prompts = make_prompts(args.prompts, SIZES[args.size]["vocab_size"])
     prompt_tokens = sum(len(p.split()) for p in prompts)
     matmul_s = 0.25 if args.quick else 2.0
-    gflops_before = matmul_gflops(matmul_s)
+    gpu = args.device.startswith("cuda")
+    gflops_before = bf16_tflops(args.device) * 1000 if gpu else matmul_gflops(matmul_s)
 
     # Warm-up (first calls allocate and pick kernels), not timed.
     per_prompt(model, tokenizer, prompts[:1], 2)
@@ -160,7 +180,7 @@ def main() -> None:
                 outputs[side] = per_prompt(model, tokenizer, prompts, args.new_tokens)
             times[side].append(time.perf_counter() - start)
             print(f"rep {rep + 1} {side:10s} {times[side][-1]:7.2f} s", file=sys.stderr)
-    gflops_after = matmul_gflops(matmul_s)
+    gflops_after = bf16_tflops(args.device) * 1000 if gpu else matmul_gflops(matmul_s)
 
     for side, ids in outputs.items():
         lengths = {len(row) for row in ids}
@@ -177,7 +197,8 @@ def main() -> None:
     detail = (
         f"{n_params:,}-parameter Llama ({args.size}), {args.prompts} prompts of "
         f"{prompt_tokens} tokens, {args.new_tokens} new tokens each, batch {args.batch_size}, "
-        f"{args.threads} thread(s): batched {rate['batched']:.0f} vs per-prompt "
+        f"{args.dtype} on {args.device}, {args.threads} thread(s): batched "
+        f"{rate['batched']:.0f} vs per-prompt "
         f"{rate['per_prompt']:.0f} new tokens/s; {agree}/{args.prompts} prompts identical"
     )
     result = {
@@ -205,7 +226,15 @@ def main() -> None:
         "times_s": times,
         "new_tokens_per_s": rate,
         "identical_prompts": agree,
+        "device": args.device,
+        "dtype": args.dtype,
         "matmul_gflops": [gflops_before, gflops_after],
+        # 2 FLOPs a parameter a new token (the prompt's prefill not counted): the share of the
+        # device's measured matmul rate (bf16 8192³ products on a GPU) that decoding used
+        "decode_flop_share_of_matmul": {
+            side: r * 2 * n_params / (min(gflops_before, gflops_after) * 1e9)
+            for side, r in rate.items()
+        },
     }
     print(detail)
     if args.json_out:
