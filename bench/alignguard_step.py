@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fisher import SIZES, build_model, make_examples, matmul_gflops  # noqa: E402
+from rows import summary_row  # noqa: E402
 
 GOAL = 1.3
 
@@ -98,21 +99,18 @@ def main() -> None:
     lora_s = statistics.median(times["lora"])
     agl_s = statistics.median(times["alignguard"])
     ratios = [agl / lora for lora, agl in zip(times["lora"], times["alignguard"], strict=True)]
-    row = {
-        "measure": f"AlignGuard step vs LoRA step ({args.size}, {args.split})",
-        "goal": f"≤ {GOAL:g}×",
-        "value": statistics.median(ratios),
-        "unit": "×",
-        "spread": [min(ratios), max(ratios)],
-        "reps": args.reps,
-        "met": None if args.quick else statistics.median(ratios) <= GOAL,
-        "detail": (
+    row = summary_row(
+        f"AlignGuard step vs LoRA step ({args.size}, {args.split})",
+        f"≤ {GOAL:g}×",
+        ratios,
+        passes=None if args.quick else lambda value: value <= GOAL,
+        detail=(
             f"{n_params:,} params, LoRA r={params.r} on {len(names)} modules, batch "
             f"{params.batch_size} of {len(examples)} examples, {args.steps} steps a rep, "
             f"{args.threads} thread(s): AGL {agl_s:.3f} s vs LoRA {lora_s:.3f} s a step "
             f"(medians); Fisher once {fisher_s:.1f} s"
         ),
-    }
+    )
     result = {
         "benchmark": "alignguard_step",
         "summary": [row],

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from organism_build import matmul_gflops  # noqa: E402
+from rows import summary_row  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -139,21 +140,18 @@ def main() -> None:
     scale = max(float(results["loop"][n].diag.abs().max()) for n in names)
     hooks_s, loop_s = statistics.median(times["hooks"]), statistics.median(times["loop"])
     ratios = [loop / hooks for hooks, loop in zip(times["hooks"], times["loop"], strict=True)]
-    row = {
-        "measure": f"per-sample Fisher: hooks vs per-example loop ({args.size})",
-        "goal": f"≥ {GOAL:g}× at ≥ {GOAL_PARAMETERS // 1_000_000}M params",
-        "value": statistics.median(ratios),
-        "unit": "×",
-        "spread": [min(ratios), max(ratios)],
-        "reps": args.reps,
-        "met": statistics.median(ratios) >= GOAL if n_params >= GOAL_PARAMETERS else None,
-        "detail": (
+    row = summary_row(
+        f"per-sample Fisher: hooks vs per-example loop ({args.size})",
+        f"≥ {GOAL:g}× at ≥ {GOAL_PARAMETERS // 1_000_000}M params",
+        ratios,
+        passes=(lambda value: value >= GOAL) if n_params >= GOAL_PARAMETERS else None,
+        detail=(
             f"{n_params:,} params, {len(names)} modules ({n_fisher:,} weights), "
             f"{len(examples)} examples ({tokens} tokens), batch {args.batch_size}, "
             f"{args.threads} thread(s): hooks {hooks_s:.2f} s vs loop {loop_s:.2f} s (medians); "
             f"max |diff| / max {diff / scale:.1e}"
         ),
-    }
+    )
     result = {
         "benchmark": "fisher",
         "summary": [row],

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from organism_build import matmul_gflops  # noqa: E402
+from rows import summary_row  # noqa: E402
 from shapes import SMOLLM2_135M  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -204,16 +205,13 @@ def main() -> None:
     result = {
         "benchmark": "generation",
         "summary": [
-            {
-                "measure": f"batched generate vs per-prompt model.generate ({args.size})",
-                "goal": f"≥ {GOAL:g}×",
-                "value": statistics.median(ratios),
-                "unit": "×",
-                "spread": [min(ratios), max(ratios)],
-                "reps": args.reps,
-                "met": None if args.size != "smollm2-135m" else statistics.median(ratios) >= GOAL,
-                "detail": detail,
-            }
+            summary_row(
+                f"batched generate vs per-prompt model.generate ({args.size})",
+                f"≥ {GOAL:g}×",
+                ratios,
+                detail,
+                passes=(lambda value: value >= GOAL) if args.size == "smollm2-135m" else None,
+            )
         ],
         "size": args.size,
         "parameters": n_params,

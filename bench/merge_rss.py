@@ -46,6 +46,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from rows import summary_row  # noqa: E402
+
 MIB = 1 << 20
 GOAL = 1.5
 CODE = {  # a measurement's impl, in words
@@ -241,22 +245,15 @@ def summary(results: list[dict[str, Any]], size: str) -> list[dict[str, Any]]:
         mine = [r for r in results if r["method"] == spec]
         reference = [r for r in mine if r["impl"] == "reference"]
         measured = [r for r in mine if r["impl"] != "reference"] or reference
-        ratios = [float(r["ratio"]) for r in measured]
-        value = statistics.median(ratios)
-        row: dict[str, Any] = {
-            "measure": f"merge peak RSS ÷ checkpoint: {spec}",
-            "goal": f"≤ {GOAL:g}×",
-            "value": value,
-            "unit": "×",
-            "spread": [min(ratios), max(ratios)],
-            "reps": len(ratios),
-            "met": value <= GOAL if size == "134m" else None,
-            "detail": (
-                f"{size} Llama, {mine[0]['checkpoint_mib']} MiB checkpoint, base + 3 "
-                "contributors, density 0.5, 1 thread, a fresh process per merge: peak RSS above "
-                f"the import baseline ÷ checkpoint size, {CODE[str(measured[0]['impl'])]}"
-            ),
-        }
+        row = summary_row(
+            f"merge peak RSS ÷ checkpoint: {spec}",
+            f"≤ {GOAL:g}×",
+            [float(r["ratio"]) for r in measured],
+            f"{size} Llama, {mine[0]['checkpoint_mib']} MiB checkpoint, base + 3 contributors, "
+            "density 0.5, 1 thread, a fresh process per merge: peak RSS above the import "
+            f"baseline ÷ checkpoint size, {CODE[str(measured[0]['impl'])]}",
+            passes=(lambda value: value <= GOAL) if size == "134m" else None,
+        )
         if reference and measured is not reference:  # reference once, before the first blocked
             pairs = zip(reference, measured, strict=False)
             times = [float(a["merge_s"]) / float(b["merge_s"]) for a, b in pairs if b["merge_s"]]

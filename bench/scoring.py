@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from organism_build import matmul_gflops  # noqa: E402
+from rows import summary_row  # noqa: E402
 from shapes import SMOLLM2_135M  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,21 +148,14 @@ def ratio_row(
 ) -> dict[str, Any]:
     """The contract's summary row for ``theirs / ours`` per repetition (``met`` is ``None``
     unless ``judged``: a quick run's sizes say nothing about the goal)."""
-    ratios = [t / o for o, t in zip(ours, theirs, strict=True)]
-    value = statistics.median(ratios)
-    return {
-        "measure": measure,
-        "goal": f"≥ {GOAL:g}×, |Δ log p| ≤ {TOLERANCE:g} (relative)",
-        "value": value,
-        "unit": "×",
-        "spread": [min(ratios), max(ratios)],
-        "reps": len(ratios),
-        "met": value >= GOAL and diff[1] <= TOLERANCE if judged else None,
-        "detail": (
-            f"audit {statistics.median(ours):.2f} s vs HFLM {statistics.median(theirs):.2f} s "
-            f"(medians); max |Δ log p| {diff[0]:.1e} (relative {diff[1]:.1e}); {detail}"
-        ),
-    }
+    return summary_row(
+        measure,
+        f"≥ {GOAL:g}×, |Δ log p| ≤ {TOLERANCE:g} (relative)",
+        [t / o for o, t in zip(ours, theirs, strict=True)],
+        f"audit {statistics.median(ours):.2f} s vs HFLM {statistics.median(theirs):.2f} s "
+        f"(medians); max |Δ log p| {diff[0]:.1e} (relative {diff[1]:.1e}); {detail}",
+        passes=(lambda value: value >= GOAL and diff[1] <= TOLERANCE) if judged else None,
+    )
 
 
 def main() -> None:

@@ -119,6 +119,6 @@ class FakeOpenAI:
                 self.wfile.write(data)
 
             def log_message(self, *_: Any) -> None:
-                pass
+                """Quiet: no line on stderr per request."""
 
         return Handler
