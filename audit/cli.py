@@ -58,7 +58,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from audit.api import run_suite
 
     suite = _load(args.suite)
-    record = run_suite(suite, out=args.out, cache=args.cache, device=args.device, quiet=args.quiet)
+    record = run_suite(
+        suite,
+        out=args.out,
+        cache=args.cache,
+        device=args.device,
+        quiet=args.quiet,
+        executor=args.executor,
+        address=args.address,
+    )
     out_dir = record.report.parent
     _update_gallery(_gallery_root(args.gallery, out_dir, lambda: _default_out(suite).parent))
     _summarize(record.results, record.executed, record.report)
@@ -455,7 +463,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="build, evaluate, compare and gate every model of a suite")
     run.add_argument("suite", help="path to suite.toml")
     run.add_argument("--out", help="output directory (default: reports/<suite name>/)")
-    run.add_argument("--cache", help="store directory (default: [suite] cache_dir)")
+    run.add_argument(
+        "--cache",
+        help="store directory, or an object-store URL such as s3://bucket/prefix (default: "
+        "[suite] cache_dir)",
+    )
     run.add_argument(
         "--device",
         default="cpu",
@@ -464,6 +476,18 @@ def parser() -> argparse.ArgumentParser:
         "what does not fit); interventions run on the first (default: cpu)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars (CI logs)")
+    run.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where steps run: this process (local, the default) or a Ray cluster (ray): "
+        "every ready step a task, independent ones at once",
+    )
+    run.add_argument(
+        "--address",
+        help="with --executor ray: the cluster (e.g. 10.0.0.5:6379, or auto for the one "
+        "`ray start` made here; default: start a local one)",
+    )
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a suite file without running anything")
     val.add_argument("suite")

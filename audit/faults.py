@@ -8,6 +8,10 @@
 - ``AUDIT_STOP_AT=NAME[:N]`` sends it ``SIGSTOP`` instead, so a test can look at the frozen
   process (which locks it holds, which files it left) and then continue or kill it.
 
+- ``AUDIT_FAULT_ONCE=PATH`` fires a kill or stop only in the first process that creates
+  ``PATH`` (``O_EXCL``): on a cluster, the worker that retries a killed step inherits the same
+  variables and must not be killed again.
+
 When neither variable is set a call costs two environment lookups; nothing else is read or
 counted. The points (hits are counted per process, per name):
 
@@ -17,8 +21,13 @@ counted. The points (hits are counted per process, per name):
 ``store.publish``
     :meth:`audit.store.core.Store.put`: the entry is complete in ``tmp/`` (files and manifest
     fsynced), not yet renamed into ``entries/``.
+``remote.upload``
+    :mod:`audit.store.remote`: an entry's files are uploaded to the object store, its manifest
+    (which publishes it) is not.
 ``runner.eval_done``
     after an evaluation's entry is published and read back, before the next step.
+``cluster.step_done``
+    the driver of a Ray run (:mod:`audit.executors.cluster`), after each step's report arrives.
 ``outputs.samples_written``
     :func:`audit.analysis.assemble.write_outputs`: ``samples.jsonl`` is written, ``index.html`` and
     ``results.json`` are not.
@@ -35,6 +44,8 @@ import signal
 
 KILL_ENV = "AUDIT_KILL_AT"
 STOP_ENV = "AUDIT_STOP_AT"
+ONCE_ENV = "AUDIT_FAULT_ONCE"
+FAULT_ENVS = (KILL_ENV, STOP_ENV, ONCE_ENV)
 
 _hits: dict[str, int] = {}
 
@@ -48,13 +59,27 @@ def _wants(spec: str | None, name: str, hit: int) -> bool:
     return spec == name and hit == 1
 
 
+def _first(once: str | None) -> bool:
+    """Whether this process may fire: no ``AUDIT_FAULT_ONCE``, or it created that file."""
+    if not once:
+        return True
+    try:
+        os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
 def fault_point(name: str) -> None:
     """Kill (``AUDIT_KILL_AT``) or stop (``AUDIT_STOP_AT``) this process here, if asked to."""
     kill, stop = os.environ.get(KILL_ENV), os.environ.get(STOP_ENV)
     if not kill and not stop:
         return
     hit = _hits[name] = _hits.get(name, 0) + 1
-    if _wants(stop, name, hit):
+    stopping, killing = _wants(stop, name, hit), _wants(kill, name, hit)
+    if (stopping or killing) and not _first(os.environ.get(ONCE_ENV)):
+        return
+    if stopping:
         os.kill(os.getpid(), signal.SIGSTOP)
-    if _wants(kill, name, hit):
+    if killing:
         os.kill(os.getpid(), signal.SIGKILL)

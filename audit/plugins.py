@@ -284,6 +284,10 @@ class EvaluatorHooks(Protocol):
       that it can evaluate a model served by an OpenAI-compatible endpoint (``openai:``
       source). An evaluator without it is taken to need weights (:func:`weights_needed`).
       Judges may declare it too.
+    - ``resources(params) -> dict``: what one step of it asks a cluster executor for
+      (``num_cpus``, ``num_gpus``, ``memory`` in bytes; :mod:`audit.executors.resources`),
+      which a table's ``resources`` overrides. Without it: one CPU, and one GPU when the run's
+      device is one.
     """
 
     @classmethod
@@ -301,8 +305,11 @@ class EvaluatorHooks(Protocol):
     @classmethod
     def needs_weights(cls, params: Any) -> str | None: ...
 
+    @classmethod
+    def resources(cls, params: Any) -> dict[str, float]: ...
 
-HOOKS = ("check_suite", "analyze", "report_sections", "figures", "needs_weights")
+
+HOOKS = ("check_suite", "analyze", "report_sections", "figures", "needs_weights", "resources")
 """The optional evaluator class methods of :class:`EvaluatorHooks`."""
 
 
@@ -317,6 +324,8 @@ class InterventionHooks(Protocol):
     - ``devices(params) -> Placement``: where the intervention with these parameters runs
       (:data:`PLACEMENTS`); :attr:`RunContext.device` is that device. Every built-in declares
       it; one that does not is taken to run on a single device (:func:`placement`).
+    - ``resources(params) -> dict``: as the evaluator hook of that name; an intervention that
+      runs on the CPU (``devices``) is given no GPU by default.
     """
 
     @classmethod
@@ -327,8 +336,11 @@ class InterventionHooks(Protocol):
     @classmethod
     def devices(cls, params: Any) -> Placement: ...
 
+    @classmethod
+    def resources(cls, params: Any) -> dict[str, float]: ...
 
-INTERVENTION_HOOKS = ("controls", "devices")
+
+INTERVENTION_HOOKS = ("controls", "devices", "resources")
 """The optional intervention class methods of :class:`InterventionHooks`."""
 
 Placement = Literal["single", "cpu"]

@@ -103,11 +103,14 @@ class Progress:
             visible=True,
         )
 
-    def finish(self, step: str, status: str, cached: bool) -> None:
+    def finish(self, step: str, status: str, cached: bool, seconds: float | None = None) -> None:
+        """``step`` ended; ``seconds``: how long it took, when steps run at once (default: since
+        the last :meth:`start`)."""
         if self._plain:
             self._done += 1
             mark = {"ok": "✓", "failed": "✗"}.get(status, "·")
-            took = f", {self.clock() - self._started:.0f} s" if not cached else " (cached)"
+            spent = self.clock() - self._started if seconds is None else seconds
+            took = f", {spent:.0f} s" if not cached else " (cached)"
             self.console.print(f"{mark} {escape(step)}{took}")
             return
         if self._bars is None or self._steps is None:

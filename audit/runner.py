@@ -5,7 +5,9 @@ a model is released once nothing left needs it. A model served by an OpenAI-comp
 has a store entry that holds no files (what it is, in its metadata); its replies are cached in
 the store's ``replies/`` and each sample it answered records its request and reply. A failed
 step marks the steps that depend on it as skipped; independent steps still run. Steps go
-through an :class:`Executor`, local for now.
+through an :class:`Executor`: this process, one at a time. On a Ray cluster
+(:mod:`audit.executors.cluster`) a worker runs one step with :meth:`Runner.run_model` or
+:meth:`Runner.run_eval`, the models it reads :meth:`attached <Runner.attach>` from the store.
 
 Devices (:class:`~audit.models.devices.Devices`): an evaluated model is loaded on the run's
 device, or spread over its list; an intervention runs where its ``devices`` hook says
@@ -131,7 +133,7 @@ def _read_result(directory: Path) -> EvalResult:
     )
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Silence the libraries' own progress bars; the runner shows progress itself."""
     import transformers
 
@@ -303,7 +305,25 @@ class Runner:
             spread=self.devices.spread,
         )
 
-    def _eval(self, step: EvalStep) -> None:
+    def attach(self, name: str, entry: Path) -> None:
+        """Give model ``name`` the handle of its store ``entry`` (built elsewhere: a cluster
+        worker running one step attaches the models that step reads)."""
+        self.handles[name] = self._handle(self.plan.model(name), entry)
+
+    def run_model(self, step: ModelStep) -> Path | None:
+        """Build (or find in the store) one model, its inputs attached; its entry, or ``None``
+        when it failed. Its handle is attached for the steps that read it."""
+        record = StepRecord(step.id, "model", step.key)
+        entry = self._run_step(record, step.store_key, self._build_model(step))
+        self.outcome.model_status[step.name] = record.status
+        if entry is not None:
+            self.handles[step.name] = self._handle(step, entry)
+            info = self.store.meta(step.store_key).get("training")
+            if info:
+                self.outcome.model_info[step.name] = info
+        return entry
+
+    def run_eval(self, step: EvalStep) -> None:
         handle = self.handles[step.model]
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -330,7 +350,7 @@ class Runner:
 
     def run(self) -> RunOutcome:
         """Execute every step; never raises for a step's failure."""
-        _quiet_libraries()
+        quiet_libraries()
         self.progress.begin(len(self.plan.models) + len(self.plan.evals))
         done: set[str] = set()
         for step in self.plan.models:
@@ -345,15 +365,10 @@ class Runner:
                 self.progress.skip(1 + len(self.plan.evals_of(step.name)))
                 done.add(step.name)
                 continue
-            entry = self._run_step(record, step.store_key, self._build_model(step))
-            self.outcome.model_status[step.name] = record.status
+            entry = self.run_model(step)
             if entry is not None:
-                self.handles[step.name] = self._handle(step, entry)
-                info = self.store.meta(step.store_key).get("training")
-                if info:
-                    self.outcome.model_info[step.name] = info
                 for ev in self.plan.evals_of(step.name):
-                    self._eval(ev)
+                    self.run_eval(ev)
             else:
                 for ev in self.plan.evals_of(step.name):
                     self.outcome.steps.append(StepRecord(ev.id, "eval", ev.key, "skipped"))

@@ -28,6 +28,7 @@ import sys
 import textwrap
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ def _child(argv: list[str], env: dict[str, str], log: Path) -> None:  # never re
         os.dup2(fd, 2)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-        for name in ("AUDIT_KILL_AT", "AUDIT_STOP_AT"):
+        for name in ("AUDIT_KILL_AT", "AUDIT_STOP_AT", "AUDIT_FAULT_ONCE"):
             os.environ.pop(name, None)
         os.environ.update(env)
         import numpy as np
@@ -245,17 +246,19 @@ def _child(argv: list[str], env: dict[str, str], log: Path) -> None:  # never re
 def start(
     suite: Path,
     out: Path,
-    store: Path,
+    store: Path | str,
     *,
     env: dict[str, str] | None = None,
     log: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> ForkedRun:
-    """Start ``audit run SUITE --out OUT --cache STORE --quiet`` in a forked child."""
+    """Start ``audit run SUITE --out OUT --cache STORE --quiet [EXTRA…]`` in a forked child
+    (``store``: a directory or an object-store URL)."""
     import audit.cli  # noqa: F401  (imported here, not in every child)
 
     log = log or out.with_name(out.name + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["run", str(suite), "--out", str(out), "--cache", str(store), "--quiet"]
+    argv = ["run", str(suite), "--out", str(out), "--cache", str(store), "--quiet", *extra]
     argv += ["--gallery", str(out.parent)]  # the gallery of the runs beside it, as before
     sys.stdout.flush()
     sys.stderr.flush()

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"fingerprint"},
     {"plan"},
     {"runner", "library_output"},
+    {"executors"},
     {"analysis"},
     {"release"},
     {"api"},

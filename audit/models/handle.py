@@ -12,6 +12,7 @@ from audit.errors import AuditError
 if TYPE_CHECKING:
     from audit.models.endpoint import EndpointClient
     from audit.models.generation import Prefill
+    from audit.models.vllm_backend import Backend
 
 
 class NoWeightsError(AuditError):
@@ -48,6 +49,9 @@ class ModelHandle:
     """The server that answers for an ``openai:`` model; ``None`` for a model with weights."""
     _loaded: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
     _exchanges: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    _vllm: Any = field(default=None, repr=False, compare=False)
+    """The model's vLLM engine once ``generate(backend="vllm")`` built it
+    (:mod:`audit.models.vllm_backend`)."""
 
     @property
     def has_weights(self) -> bool:
@@ -114,16 +118,30 @@ class ModelHandle:
         progress: Callable[[int, int], None] | None = None,
         prefill: Callable[[Prefill], None] | None = None,
         prefill_cache: bool = False,
+        backend: Backend = "hf",
     ) -> list[str]:
         """Greedy completions of ``prompts``, in their order: the way evaluators that need only
         text reach a model, with weights or behind an endpoint.
 
-        With weights, :func:`audit.models.generation.generate` (every argument as there).
+        With weights, :func:`audit.models.generation.generate` (every argument as there); with
+        ``backend="vllm"``, :func:`audit.models.vllm_backend.generate_vllm` instead: the same
+        token ids in, decoded the same way, through a vLLM engine kept until :meth:`release`
+        (``batch_size`` does not apply: vLLM schedules its own batches; ``prefill`` is never
+        called, as for a batch not run in one forward pass, so a caller measures the prompts
+        itself). A model behind an endpoint raises :class:`NoWeightsError` for ``"vllm"``.
         Behind an endpoint, :meth:`audit.models.endpoint.EndpointClient.generate`
         (``batch_size`` does not apply: the endpoint's ``max_concurrency`` does; ``prefill``
         needs the weights and raises :class:`NoWeightsError`); each request and reply is kept
         for :meth:`take_exchanges`.
         """
+        if backend not in ("hf", "vllm"):
+            raise ValueError(f'backend must be "hf" or "vllm", got {backend!r}')
+        if backend == "vllm":
+            from audit.models.vllm_backend import generate_vllm
+
+            return generate_vllm(
+                self, prompts, max_new_tokens=max_new_tokens, chat=chat, progress=progress
+            )
         if self.endpoint is None:
             from audit.models.generation import generate
 
@@ -154,5 +172,10 @@ class ModelHandle:
         return out
 
     def release(self) -> None:
-        """Drop the in-memory model so its memory can be reclaimed."""
+        """Drop the in-memory model (and shut its vLLM engine down) so its memory can be
+        reclaimed."""
+        if self._vllm is not None:
+            from audit.models.vllm_backend import release_engine
+
+            release_engine(self)
         self._loaded = None

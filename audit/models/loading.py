@@ -38,7 +38,7 @@ SAFE_SUFFIXES = (".safetensors",)
 """Weight files that hold tensors only."""
 
 _CODE_CONFIGS = ("config.json", "tokenizer_config.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _TRUE = {"1", "on", "yes", "true"}
 _MAX_ADAPTER_DEPTH = 4
@@ -345,7 +345,7 @@ def _load(
     check_checkpoint(directory, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if not is_peft_adapter(directory):
         model = _load_model(directory, trust_remote_code=trust_remote_code, options=options)
-        return model, _load_tokenizer(directory, trust_remote_code=trust_remote_code)
+        return model, load_tokenizer(directory, trust_remote_code=trust_remote_code)
 
     if depth >= _MAX_ADAPTER_DEPTH:
         raise CheckpointNotFoundError(
@@ -362,8 +362,8 @@ def _load(
         options=options,
     )
     model = _apply_adapter(base, directory)
-    if any((directory / name).is_file() for name in _TOKENIZER_FILES):
-        return model, _load_tokenizer(directory, trust_remote_code=trust_remote_code)
+    if any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return model, load_tokenizer(directory, trust_remote_code=trust_remote_code)
     return model, base_tokenizer
 
 
@@ -426,7 +426,7 @@ def _weights_only_guard(directory: Path) -> Iterator[None]:
         ) from error
 
 
-def _load_tokenizer(directory: Path, *, trust_remote_code: bool) -> Any:
+def load_tokenizer(directory: Path, *, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     try:

@@ -490,6 +490,7 @@ def _check_evaluators(check: _Checker, suite: Suite) -> None:
             continue
         params = _validate_params(check, loc, cls, espec.params)
         if params is not None:
+            params = _resolve_backend(params, suite.file.suite.backend)
             suite.evaluator_params[ename] = params
             for fname, spec_str, shape in data_refs(params):
                 _check_data(check, (*loc, fname), spec_str, shape, suite.dir)
@@ -509,6 +510,54 @@ def _check_by_plugin(
     )
     for where, problem in check_suite(params, view):
         check.add((*loc, *where), problem)
+
+
+def _resolve_backend(params: Params, default: str) -> Params:
+    """``params`` with every generation-backend parameter left unset (``None``) set to the
+    suite's ``[suite] backend``, so the step key names the backend that runs ("hf" is left out
+    of the key: :data:`audit.models.vllm_backend.GenerationBackend`)."""
+    from audit.models.vllm_backend import BackendMarker
+
+    unset = {f: default for f, value, _ in field_values(params, BackendMarker) if value is None}
+    return params.model_copy(update=unset) if unset else params
+
+
+def _check_backends(check: _Checker, suite: Suite, *, here: bool = True) -> None:
+    """``backend = "vllm"`` (an evaluator's, or the suite's default for it) needs vLLM and a
+    CUDA GPU here (:func:`audit.models.vllm_backend.available`; not checked without ``here``:
+    a suite read for its release rules runs nothing), and a model with weights: no silent
+    fallback to transformers. Reported at the evaluator's key, or at ``[suite] backend`` when
+    the value comes from there."""
+    from audit.models import vllm_backend
+
+    reason: str | None = None
+    asked = False
+    endpoints = {n for n, spec in suite.file.models.items() if not spec.has_weights}
+    for ename, params in suite.evaluator_params.items():
+        for fname, value, _ in field_values(params, vllm_backend.BackendMarker):
+            if value != "vllm":
+                continue
+            own = fname in suite.file.evaluators[ename].params
+            loc: tuple[str | int, ...] = (
+                ("evaluators", ename, fname) if own else ("suite", "backend")
+            )
+            if here and not asked:
+                reason, asked = vllm_backend.available(), True
+            if reason is not None:
+                check.add(
+                    loc,
+                    f'backend = "vllm" needs vLLM and a CUDA GPU: {reason}; use backend = "hf"',
+                )
+            served = [m for m in suite.evaluated_models(ename) if m in endpoints]
+            if served:
+                names = ", ".join(repr(m) for m in served)
+                check.add(
+                    loc,
+                    f'backend = "vllm" runs the weights, and evaluator {ename!r} runs on '
+                    f"{names}, served by an OpenAI-compatible endpoint (text only); restrict "
+                    'its `models` to models with weights, or generate with backend = "hf" '
+                    "(an endpoint model answers through its server)",
+                )
 
 
 def _check_endpoints(check: _Checker, suite: Suite) -> None:
@@ -679,6 +728,7 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
     _check_compare(check, suite)
     _check_evaluators(check, suite)
     _check_endpoints(check, suite)
+    _check_backends(check, suite, here=not release)
     names = list(parsed.models)
     ref = parsed.suite.reference
     if ref is not None:

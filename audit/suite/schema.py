@@ -82,6 +82,11 @@ class SuiteMeta(Strict):
         ".audit-cache", description="The store, relative to the suite file."
     )
     description: str = ""
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description='How evaluators that generate do it unless their table says otherwise: "hf" '
+        '(transformers generate) or "vllm" (vLLM in process; needs vLLM and a GPU).',
+    )
     correction: Literal["none", "holm", "bh"] = Field(
         "none",
         description='Multiplicity control over the p-values of the run\'s mode = "significant" '
@@ -98,6 +103,30 @@ class SuiteMeta(Strict):
             if dups:
                 raise ValueError(f"seeds are listed twice: {', '.join(map(str, dups))}")
         return self
+
+
+def _size(value: int | str) -> int:
+    from audit.resources import parse_size
+
+    if isinstance(value, bool):
+        raise ValueError("a memory size is a number of bytes or a size such as '8G'")
+    return value if isinstance(value, int) else parse_size(value)
+
+
+class ResourceSpec(Strict):
+    """``resources = {...}`` of a model or evaluator table: what one of its steps asks a cluster
+    executor for (``--executor ray``), overriding the plug-in's declaration
+    (:func:`audit.executors.resources.step_resources`). The local executor ignores it."""
+
+    num_cpus: Annotated[float, Field(strict=False, ge=0, le=4096, allow_inf_nan=False)] | None = (
+        Field(None, description="CPUs the step holds.")
+    )
+    num_gpus: Annotated[float, Field(strict=False, ge=0, le=64, allow_inf_nan=False)] | None = (
+        Field(None, description="GPUs the step holds (fractions share one).")
+    )
+    memory: Annotated[int | str, AfterValidator(_size)] | None = Field(
+        None, description="Memory the step reserves: bytes, or a size such as '16G'."
+    )
 
 
 class ModelSpec(BaseModel):
@@ -147,6 +176,11 @@ class ModelSpec(BaseModel):
         description="openai: sources: retries of a request after a connection error, a timeout, "
         "HTTP 429 or 5xx, with exponential backoff (default 4).",
     )
+    resources: ResourceSpec | None = Field(
+        None,
+        description="What building this model asks a cluster executor for (num_cpus, num_gpus, "
+        "memory); default: the intervention's declaration.",
+    )
     compare: list[str] | None = Field(
         None,
         description="Other models to compare this one with (paired, in the report and for "
@@ -184,6 +218,11 @@ class EvaluatorSpec(BaseModel):
     kind: str = Field(description="The evaluator plug-in.")
     models: list[str] | None = Field(
         None, description="Model names or glob patterns to evaluate (default: all)."
+    )
+    resources: ResourceSpec | None = Field(
+        None,
+        description="What each of this evaluator's steps asks a cluster executor for "
+        "(num_cpus, num_gpus, memory); default: the evaluator's declaration.",
     )
 
     @property
