@@ -133,7 +133,8 @@ def run(
     ``s3://bucket/prefix``)."""
     from audit.suite.checks import load_suite
 
-    loaded = suite if isinstance(suite, Suite) else load_suite(suite)
+    here = executor == "local"
+    loaded = suite if isinstance(suite, Suite) else load_suite(suite, runs_here=here)
     record = run_suite(
         loaded,
         out=out,

@@ -37,10 +37,10 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
 
 
-def _load(path: str) -> Suite:
+def _load(path: str, *, runs_here: bool = True) -> Suite:
     from audit.suite.checks import load_suite
 
-    return load_suite(path)
+    return load_suite(path, runs_here=runs_here)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -57,7 +57,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from audit.api import run_suite
 
-    suite = _load(args.suite)
+    suite = _load(args.suite, runs_here=args.executor == "local")
     record = run_suite(
         suite,
         out=args.out,
@@ -364,7 +364,17 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
     if args.older_than is None and args.max_size is None:
         _err.print("[red]error[/] give --older-than DAYS, --max-size SIZE or both")
         return EXIT_INVALID
-    root = Path(args.cache)
+    from audit.store.open import default_local_cache, is_url
+
+    if is_url(args.cache) and not str(args.cache).startswith("file://"):
+        local = default_local_cache(str(args.cache))
+        _err.print(
+            f"[red]error[/] {escape(str(args.cache))}: audit prunes a store directory, not an "
+            "object store (set the bucket's lifecycle rules for that); this machine's copy of "
+            f"it is at {escape(str(local))}: --cache {escape(str(local))}"
+        )
+        return EXIT_INVALID
+    root = Path(str(args.cache).removeprefix("file://"))
     if not root.is_dir():
         _err.print(f"[red]error[/] no store at {escape(str(root))}")
         return EXIT_INVALID

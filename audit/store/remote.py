@@ -39,8 +39,11 @@ never both delete, and a live holder's fresh lock is never taken for a dead one'
 release. Between the files and the manifest of an upload is the fault point ``remote.upload``
 (:mod:`audit.faults`).
 
-**Limits.** Unlike a local flock, a lock does not die with its process: after a holder is
-killed, the next builder of that step waits up to ``lease_s`` before breaking its lock. The
+**Limits.** Unlike a local flock, a lock does not die with its process: a lock whose holder
+was a process of this machine (its host name) that no longer exists is broken at once, but
+after a holder on another machine is killed, the next builder of that step waits up to
+``lease_s`` before breaking its lock (a new process reusing the dead one's pid would delay it
+as long). The
 lease is advisory and time-based: a holder frozen for longer than ``lease_s`` (SIGSTOP, a
 suspended VM) loses its lock, and the step may then be built twice. Two uploads of one key may
 then interleave, and a reader may see one's manifest with the other's files: the check rejects
@@ -129,6 +132,22 @@ class _Lease:
         with contextlib.suppress(OSError):
             if _owner(read_remote(self.fs, self.path)) == self.owner:
                 self.fs.rm_file(self.path)
+
+
+def _dead_here(owner: str | None) -> bool:
+    """Whether ``owner`` (``host:pid:…``) is a process of this machine that has exited: its lock
+    is broken at once, as a local flock dies with its process, instead of after the lease."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
 
 
 def _lock_body(owner: str) -> bytes:
@@ -276,7 +295,10 @@ class RemoteStore(Store):
         return _Lease(self.fs, path, owner, self.lease_s / 4).start()
 
     def _stale(self, raw: bytes, unchanged_s: float) -> bool:
-        """Whether a lock's holder is dead: an old heartbeat, or no change seen for a lease."""
+        """Whether a lock's holder is dead: a process of this machine that no longer exists, an
+        old heartbeat, or no change seen for a lease."""
+        if _dead_here(_owner(raw)):
+            return True
         heartbeat = _parse_lock(raw).get("heartbeat")
         if isinstance(heartbeat, int | float) and time.time() - heartbeat > self.lease_s:
             return True

@@ -706,11 +706,20 @@ def _check_scaling(check: _Checker, suite: Suite) -> None:
             check.add((*loc, "sweeps"), message)
 
 
-def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = False) -> Suite:
+def validate(
+    path: Path,
+    text: str,
+    data: dict[str, Any],
+    *,
+    release: bool = False,
+    runs_here: bool = True,
+) -> Suite:
     """Validate parsed suite data; raises :class:`SuiteError` listing every problem.
 
     ``release``: the suite is read for ``audit compare --suite``, where relative gates compare
     each model with its old release, so a gate need not find a baseline within the suite.
+    ``runs_here=False``: its steps run elsewhere (``--executor ray``), so what this machine
+    lacks (vLLM, a GPU) is not held against it; a step then fails on a worker that lacks it.
     """
     check = _Checker(path, text)
     try:
@@ -728,7 +737,7 @@ def validate(path: Path, text: str, data: dict[str, Any], *, release: bool = Fal
     _check_compare(check, suite)
     _check_evaluators(check, suite)
     _check_endpoints(check, suite)
-    _check_backends(check, suite, here=not release)
+    _check_backends(check, suite, here=runs_here and not release)
     names = list(parsed.models)
     ref = parsed.suite.reference
     if ref is not None:
@@ -756,8 +765,8 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def load_suite(path: str | Path, *, release: bool = False) -> Suite:
-    """Parse and validate a suite file (``release``: see :func:`validate`)."""
+def load_suite(path: str | Path, *, release: bool = False, runs_here: bool = True) -> Suite:
+    """Parse and validate a suite file (``release``, ``runs_here``: see :func:`validate`)."""
     p = Path(path)
     text, data = parse_toml(p)
-    return validate(p, text, data, release=release)
+    return validate(p, text, data, release=release, runs_here=runs_here)

@@ -149,8 +149,14 @@ def test_ray_run_on_an_s3_store(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     url = f"s3://audit/runs-{tmp_path.name}"
-    env = {"AUDIT_REMOTE_CACHE": str(tmp_path / "cache-a")}
+    flag = tmp_path / "killed-once"  # a worker dies holding the fine-tune's lease lock
+    env = {
+        "AUDIT_REMOTE_CACHE": str(tmp_path / "cache-a"),
+        "AUDIT_KILL_AT": "train.step:2",
+        "AUDIT_FAULT_ONCE": str(flag),
+    }
     child = _run(ref, cluster, tmp_path / "a", url, env)
+    assert flag.exists()
     assert child.returncode == ref.code, child.output  # type: ignore[attr-defined]
     assert normalized(child.results()) == normalized(ref.results)  # type: ignore[attr-defined]
     # another machine (another local cache) finds every step in the object store

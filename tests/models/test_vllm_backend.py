@@ -28,7 +28,7 @@ from audit.models.vllm_backend import (
 )
 from audit.plan import build_plan, params_json
 from audit.plugins import RunContext
-from audit.suite.checks import load_suite
+from audit.suite.checks import SuiteError, load_suite
 
 PROMPTS = [
     "how do i bake a cake",
@@ -144,6 +144,16 @@ def test_a_release_reading_does_not_ask_for_vllm(
     path = write(tmp_path, _suite(tmp_path, tiny_checkpoint, suite='backend = "vllm"'))
     suite = load_suite(path, release=True)
     assert suite.evaluator_params["refusal"].backend == "vllm"  # type: ignore[attr-defined]
+
+
+def test_a_run_on_a_cluster_leaves_the_check_to_its_workers(
+    tmp_path: Path, tiny_checkpoint: Path, unavailable: str
+) -> None:
+    path = write(tmp_path, _suite(tmp_path, tiny_checkpoint, suite='backend = "vllm"'))
+    suite = load_suite(path, runs_here=False)  # --executor ray: the GPUs are the workers'
+    assert suite.evaluator_params["refusal"].backend == "vllm"  # type: ignore[attr-defined]
+    with pytest.raises(SuiteError, match="needs vLLM and a CUDA GPU"):
+        load_suite(path)
 
 
 def test_an_endpoint_model_cannot_use_vllm(

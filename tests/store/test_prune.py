@@ -275,3 +275,13 @@ def test_a_directory_with_only_tmp_is_not_taken_for_an_old_store(tmp_path: Path)
     (tmp_path / "d" / "tmp" / "keep").mkdir(parents=True)
     assert main(["cache", "prune", "--cache", str(tmp_path / "d"), "--older-than", "0"]) == 2
     assert (tmp_path / "d" / "tmp" / "keep").is_dir()
+
+
+def test_an_object_store_is_not_pruned_but_its_local_copy_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AUDIT_REMOTE_CACHE", str(tmp_path / "copies"))
+    code = main(["cache", "prune", "--cache", "s3://bucket/runs", "--max-size", "1G"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not an object store" in err
+    assert str(tmp_path / "copies") in err.replace("\n", "")

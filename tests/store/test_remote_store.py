@@ -265,9 +265,12 @@ def test_a_builder_killed_mid_upload_leaves_nothing_visible(url: str, tmp_path: 
     assert child.returncode == -signal.SIGKILL
     assert _remote_files(url) == ["entries/k12/result.json", "locks/k12.lock"]
     calls: list[str] = []
-    b = Recording(url, tmp_path / "b", lease_s=0.5)
+    b = Recording(url, tmp_path / "b", lease_s=60)
+    started = time.monotonic()
     _, cached = b.get_or_build("k12", _builder("new", calls))  # breaks the dead one's lock
     assert not cached and calls == ["new"]
+    # its holder was a process of this machine, gone: broken at once, not after the lease
+    assert time.monotonic() - started < 30 and not b.waits
     assert _remote_files(url) == [
         "entries/k12/MANIFEST.json",
         "entries/k12/model/weights.bin",
