@@ -457,7 +457,7 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, results: dict[str, Any]) -> None:
 
     report = SimpleNamespace(output_dir=None)  # the default output: reports/<name>
     fake = SimpleNamespace(name="fake", file=SimpleNamespace(report=report))
-    monkeypatch.setattr(cli, "_load", lambda path: fake)
+    monkeypatch.setattr(cli, "_load", lambda path, **kwargs: fake)
     monkeypatch.setattr(audit.plan, "build_plan", lambda suite, hash_cache, vetted=None: None)
     monkeypatch.setattr(audit.plan, "vet_sources", lambda suite: {})
     monkeypatch.setattr(audit.runner, "Runner", Runner)
