@@ -21,6 +21,7 @@ The row shapes are the contract later issues and CI depend on; add columns, neve
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import stat
@@ -493,3 +494,23 @@ def load_samples(path: str | Path, run_id: str | None = None) -> list[SampleRowT
             )
         rows.append(row)  # type: ignore[arg-type]
     return rows
+
+
+def comparable(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` less what legitimately differs between two runs of one suite.
+
+    Dropped: ``run_id``, ``environment.started_at`` and ``environment.finished_at`` (wall-clock
+    times) and,
+    for every step, ``duration_s`` (how long it took) and ``cached`` (whether the store already
+    held it: a rerun after a crash reuses what the killed run finished). Everything else —
+    versions, seed, step keys and statuses, metrics, intervals, comparisons, gates, training
+    info, the suite text and its hash — must be equal, floats to the last bit.
+    """
+    out = copy.deepcopy(results)
+    out.pop("run_id")  # new for every run, by design
+    for stamp in ("started_at", "finished_at"):
+        out["environment"].pop(stamp)
+    for step in out["steps"]:
+        step.pop("duration_s")
+        step.pop("cached")
+    return out

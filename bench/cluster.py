@@ -19,7 +19,6 @@ repetition.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -28,25 +27,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from rows import summary_row  # noqa: E402
 
+from audit.results import comparable as normalized  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def normalized(results: dict[str, Any]) -> dict[str, Any]:
-    """``results`` less run id, wall-clock stamps, step durations and ``cached``."""
-    out = copy.deepcopy(results)
-    out.pop("run_id")
-    for stamp in ("started_at", "finished_at"):
-        out["environment"].pop(stamp)
-    for step in out["steps"]:
-        step.pop("duration_s")
-        step.pop("cached")
-    return out
 
 
 def audit(*args: str, env: dict[str, str] | None = None) -> float:

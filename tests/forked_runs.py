@@ -16,7 +16,6 @@ unseeded global randomness would differ between runs rather than be inherited id
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -112,23 +111,11 @@ def write_suite_dir(directory: Path, tiny: Path) -> Path:
 
 
 def normalized(results: dict[str, Any]) -> dict[str, Any]:
-    """``results`` less what legitimately differs between two runs of one suite.
+    """:func:`audit.results.comparable`: ``results`` less what legitimately differs between two
+    runs of one suite (run id, wall-clock stamps, step durations, ``cached``)."""
+    from audit.results import comparable
 
-    Dropped: ``run_id``, ``environment.started_at`` and ``environment.finished_at`` (wall-clock
-    times) and,
-    for every step, ``duration_s`` (how long it took) and ``cached`` (whether the store already
-    held it: a rerun after a crash reuses what the killed run finished). Everything else —
-    versions, seed, step keys and statuses, metrics, intervals, comparisons, gates, training
-    info, the suite text and its hash — must be equal, floats to the last bit.
-    """
-    out = copy.deepcopy(results)
-    out.pop("run_id")  # new for every run, by design
-    for stamp in ("started_at", "finished_at"):
-        out["environment"].pop(stamp)
-    for step in out["steps"]:
-        step.pop("duration_s")
-        step.pop("cached")
-    return out
+    return comparable(results)
 
 
 def executed(results: dict[str, Any]) -> list[str]:

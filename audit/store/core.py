@@ -84,13 +84,19 @@ def open_store(root: Path, *, create: bool) -> Store:
             marker, json.dumps({"format": STORE_FORMAT, "version": STORE_VERSION}) + "\n"
         )
         return Store(root)
+    raise not_a_store(str(root), children, "directory")
+
+
+def not_a_store(where: str, children: list[str], kind: str) -> NotAStoreError:
+    """The error for ``where`` (a ``kind``: directory, prefix) without a store marker: nothing
+    there, or ``children`` that are not a store's."""
     if not children:
-        raise NotAStoreError(f"no store at {root} (no {MARKER}): nothing to do")
+        return NotAStoreError(f"no store at {where} (no {MARKER}): nothing to do")
     shown = ", ".join(children[:5]) + (" …" if len(children) > 5 else "")
-    raise NotAStoreError(
-        f"{root} is not an audit store: it has no {MARKER} and holds other things ({shown}). "
-        "Refusing to write into it or to delete anything there; give an empty or new "
-        "directory, or the store's own directory."
+    return NotAStoreError(
+        f"{where} is not an audit store: it has no {MARKER} and holds other things ({shown}). "
+        f"Refusing to write into it or to delete anything there; give an empty or new {kind}, "
+        f"or the store's own {'directory' if kind == 'directory' else 'URL'}."
     )
 
 
@@ -98,19 +104,28 @@ def _check_marker(marker: Path) -> None:
     try:
         if not marker.is_file():
             raise ValueError("not a regular file")
-        data = json.loads(marker.read_text(encoding="utf-8"))
+        raw = marker.read_bytes()
     except (OSError, ValueError) as e:
         raise NotAStoreError(f"{marker}: unreadable store marker ({e})") from None
+    check_marker(str(marker), raw)
+
+
+def check_marker(where: str, raw: bytes) -> None:
+    """Refuse a store marker (the bytes of ``where``) of another format or a newer version."""
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise NotAStoreError(f"{where}: unreadable store marker ({e})") from None
     if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
-        raise NotAStoreError(f"{marker}: not an audit store marker")
+        raise NotAStoreError(f"{where}: not an audit store marker")
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise NotAStoreError(f"{marker}: store marker without a format version")
+        raise NotAStoreError(f"{where}: store marker without a format version")
     if version < 1:  # no audit ever wrote one: not ours to write into or prune
-        raise NotAStoreError(f"{marker}: unknown store format {version}")
+        raise NotAStoreError(f"{where}: unknown store format {version}")
     if version > STORE_VERSION:
         raise NotAStoreError(
-            f"{marker}: store format {version}, written by a newer audit (this one reads "
+            f"{where}: store format {version}, written by a newer audit (this one reads "
             f"format {STORE_VERSION}); upgrade audit or use another store"
         )
 

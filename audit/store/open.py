@@ -25,7 +25,15 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from audit.errors import InputError
-from audit.store.core import MARKER, STORE_FORMAT, STORE_VERSION, NotAStoreError, Store, open_store
+from audit.store.core import (
+    MARKER,
+    STORE_FORMAT,
+    STORE_VERSION,
+    Store,
+    check_marker,
+    not_a_store,
+    open_store,
+)
 
 __all__ = ["default_local_cache", "is_url", "open_any_store"]
 
@@ -103,7 +111,7 @@ def _open_remote_marker(fs: Any, base: str, url: str, *, create: bool) -> None:
     marker = f"{base}/{MARKER}"
     raw = read_remote(fs, marker)
     if raw is not None:
-        _check_marker(f"{url.rstrip('/')}/{MARKER}", raw)
+        check_marker(f"{url.rstrip('/')}/{MARKER}", raw)
         return
     children = _children(fs, base)
     if create and not children:
@@ -112,18 +120,11 @@ def _open_remote_marker(fs: Any, base: str, url: str, *, create: bool) -> None:
             with fs.open(marker, "xb") as f:
                 f.write(body.encode())
         except FileExistsError:  # another run made this store at the same moment
-            _check_marker(f"{url.rstrip('/')}/{MARKER}", read_remote(fs, marker) or b"")
+            check_marker(f"{url.rstrip('/')}/{MARKER}", read_remote(fs, marker) or b"")
         except OSError as e:
             raise InputError(f"cannot create a store at {url}: {e}") from None
         return
-    if not children:
-        raise NotAStoreError(f"no store at {url} (no {MARKER}): nothing to do")
-    shown = ", ".join(children[:5]) + (" …" if len(children) > 5 else "")
-    raise NotAStoreError(
-        f"{url} is not an audit store: it has no {MARKER} and holds other things ({shown}). "
-        "Refusing to write into it or to delete anything there; give an empty or new "
-        "prefix, or the store's own URL."
-    )
+    raise not_a_store(url, children, "prefix")
 
 
 def _children(fs: Any, base: str) -> list[str]:
@@ -135,23 +136,3 @@ def _children(fs: Any, base: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(PurePosixPath(str(p).rstrip("/")).name for p in listing)
-
-
-def _check_marker(where: str, raw: bytes) -> None:
-    """The rules of :func:`audit.store.core.open_store` for a marker's content."""
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise NotAStoreError(f"{where}: unreadable store marker ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
-        raise NotAStoreError(f"{where}: not an audit store marker")
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise NotAStoreError(f"{where}: store marker without a format version")
-    if version < 1:
-        raise NotAStoreError(f"{where}: unknown store format {version}")
-    if version > STORE_VERSION:
-        raise NotAStoreError(
-            f"{where}: store format {version}, written by a newer audit (this one reads "
-            f"format {STORE_VERSION}); upgrade audit or use another store"
-        )
